@@ -1,0 +1,248 @@
+"""Fully connected networks trained with scikit-learn MLPClassifier's recipe, many at once.
+
+Recipe (scikit-learn defaults): ReLU hidden layers, a single logistic output for two classes and
+softmax otherwise, Glorot-uniform initialisation, Adam (lr 1e-3, betas 0.9/0.999, eps 1e-8),
+minibatches of min(200, n) reshuffled every epoch, L2 penalty ``alpha``/2 * ||W||^2 / batch size,
+and stopping once the epoch loss has not improved by ``tol`` for more than ``n_iter_no_change``
+epochs.
+
+``fit_many`` trains K jobs together with stacked parameters (K, fan_in, fan_out): one batched
+matmul per layer for all K, each job with its own minibatch order, Adam step counter and early
+stopping. A job gives the same model alone or in a batch, up to floating-point noise.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from bench.models import MODELS, TrainJob, check_weights
+
+
+@dataclass(frozen=True)
+class MLP:
+    """Hyper-parameters of the recipe. ``hidden`` () gives logistic regression."""
+
+    hidden: tuple[int, ...] = (10,)
+    lr: float = 1e-3
+    batch_size: int = 200
+    alpha: float = 1e-4
+    max_epochs: int = 3000
+    tol: float = 1e-4
+    n_iter_no_change: int = 10
+    chunk_size: int = 256
+    device: str = "cpu"
+
+    def __post_init__(self):
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        if any(h < 1 for h in self.hidden):
+            raise ValueError(f"hidden layer sizes must be >= 1, got {self.hidden}")
+        for name in ("lr", "batch_size", "max_epochs", "chunk_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.alpha < 0 or self.tol < 0 or self.n_iter_no_change < 1:
+            raise ValueError("alpha and tol must be >= 0 and n_iter_no_change >= 1")
+
+    def fit(self, X, y, n_classes: int, sample_weight=None, seed: int = 0) -> "MLPModel":
+        """Train one model on X (n, d) with labels y (n,) in [0, n_classes)."""
+        weights = np.ones(len(y)) if sample_weight is None else sample_weight
+        return self.fit_many(X, y, n_classes, [TrainJob(weights, seed)])[0]
+
+    def fit_many(self, X, y, n_classes: int, jobs: list[TrainJob]) -> list["MLPModel"]:
+        """Train one model per job over the pool X (n, d), y (n,); chunks of ``chunk_size``."""
+        X = np.asarray(X, dtype=np.float32)
+        y = np.asarray(y, dtype=np.int64)
+        if X.ndim != 2 or y.shape != (X.shape[0],):
+            raise ValueError(f"X must be (n, d) and y (n,); got {X.shape} and {y.shape}")
+        if n_classes < 2 or y.min(initial=0) < 0 or y.max(initial=0) >= n_classes:
+            raise ValueError(f"labels must lie in [0, {n_classes}) with n_classes >= 2")
+        models: list[MLPModel] = []
+        with torch.inference_mode():
+            for start in range(0, len(jobs), self.chunk_size):
+                models += _train_chunk(self, X, y, n_classes, jobs[start:start + self.chunk_size])
+        return models
+
+
+@dataclass(frozen=True, eq=False)
+class MLPModel:
+    """A trained network: ``weights[i]`` (fan_in, fan_out) and ``biases[i]`` (fan_out,) float32."""
+
+    weights: tuple[np.ndarray, ...]
+    biases: tuple[np.ndarray, ...]
+    n_classes: int
+    n_epochs: int
+
+    def embed(self, X) -> np.ndarray:
+        """Penultimate representation (n, last hidden width); the input itself without hidden layers."""
+        h = np.asarray(X, dtype=np.float32)
+        for W, b in zip(self.weights[:-1], self.biases[:-1]):
+            h = np.maximum(h @ W + b, 0.0)
+        return h
+
+    def decision_function(self, X) -> np.ndarray:
+        return self.embed(X) @ self.weights[-1] + self.biases[-1]
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Class probabilities (n, n_classes)."""
+        z = self.decision_function(X).astype(np.float64)
+        if self.n_classes == 2:
+            p = 1.0 / (1.0 + np.exp(-z[:, 0]))
+            return np.stack([1.0 - p, p], axis=1)
+        z -= z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=1, keepdims=True)
+
+    def predict(self, X) -> np.ndarray:
+        return self.decision_function(X).argmax(1) if self.n_classes > 2 else \
+            (self.decision_function(X)[:, 0] > 0).astype(np.int64)
+
+
+class _Schedule:
+    """One job's epoch plan: which pool rows it visits, each visit's loss weight, its RNG."""
+
+    def __init__(self, job: TrainJob, n_pool: int, batch_size: int):
+        w = check_weights(job.weights, n_pool)
+        support = np.flatnonzero(w)
+        copies = np.ceil(w[support]).astype(np.int64)
+        self.rows = np.repeat(support, copies)
+        self.visit_weight = np.repeat(w[support] / copies, copies)
+        self.n = len(self.rows)
+        self.batch = min(batch_size, self.n)
+        self.steps = math.ceil(self.n / self.batch)
+        self.rng = np.random.default_rng(job.seed)
+
+
+def _init_params(rng: np.random.Generator, sizes: list[int]) -> list[np.ndarray]:
+    params = []
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+        bound = math.sqrt(6.0 / (fan_in + fan_out))
+        params.append(rng.uniform(-bound, bound, (fan_in, fan_out)))
+        params.append(rng.uniform(-bound, bound, fan_out))
+    return params
+
+
+def _train_chunk(recipe: MLP, X: np.ndarray, y: np.ndarray, n_classes: int,
+                 jobs: list[TrainJob]) -> list[MLPModel]:
+    # Gradients are written out by hand and Adam runs on one flat (K, n_params) buffer: for
+    # networks this small, per-op overhead, not arithmetic, is the cost. Activations are kept
+    # (K, width, batch) because MKL's batched GEMM is several times faster that way round.
+    dev = torch.device(recipe.device)
+    K, n_pool = len(jobs), len(y)
+    n_out = 1 if n_classes == 2 else n_classes
+    sizes = [X.shape[1], *recipe.hidden, n_out]
+    n_layers = len(sizes) - 1
+    plans = [_Schedule(job, n_pool, recipe.batch_size) for job in jobs]
+    labels = np.stack([y if job.labels is None else np.asarray(job.labels, np.int64) for job in jobs])
+    if labels.shape != (K, n_pool):
+        raise ValueError(f"job labels must have shape ({n_pool},)")
+
+    # Flat layout per job: [Wt_0 (out, in), b_0 (out,), Wt_1, b_1, ...].
+    flat = np.stack([np.concatenate([a.T.ravel() if a.ndim == 2 else a
+                                     for a in _init_params(p.rng, sizes)]) for p in plans])
+    theta = torch.tensor(flat, dtype=torch.float32, device=dev)
+    Wt, bias, offset = [], [], 0
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+        Wt.append(theta[:, offset:offset + fan_in * fan_out].view(K, fan_out, fan_in))
+        offset += fan_in * fan_out
+        bias.append(theta[:, offset:offset + fan_out].view(K, fan_out, 1))
+        offset += fan_out
+    m1 = torch.zeros_like(theta)
+    m2 = torch.zeros_like(theta)
+    Xt = torch.from_numpy(X).to(dev)
+    S, B = max(p.steps for p in plans), max(p.batch for p in plans)
+    steps = np.array([p.steps for p in plans])
+    n_visits = torch.tensor([p.n for p in plans], dtype=torch.float32, device=dev)
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    t = np.zeros(K)
+    best = torch.full((K,), float("inf"), device=dev)
+    stale = torch.zeros(K, dtype=torch.long, device=dev)
+    running = np.ones(K, dtype=bool)
+    epochs = np.zeros(K, dtype=np.int64)
+    classes = torch.arange(n_out, device=dev)[None, :, None]
+    decay = recipe.alpha
+
+    for _ in range(recipe.max_epochs):
+        rows = np.zeros((K, S * B), dtype=np.int64)
+        vw = np.zeros((K, S * B), dtype=np.float32)
+        lab = np.zeros((K, S * B), dtype=np.int64)
+        for k, p in enumerate(plans):
+            if not running[k]:
+                continue
+            order = p.rng.permutation(p.n)
+            # Lay each job's minibatches out in slots of width B so step s covers slot s.
+            slots = np.arange(p.n) // p.batch * B + np.arange(p.n) % p.batch
+            rows[k, slots] = p.rows[order]
+            vw[k, slots] = p.visit_weight[order]
+            lab[k, slots] = labels[k, rows[k, slots]]
+        # Everything that does not depend on the parameters is prepared once per epoch.
+        count = np.maximum((vw.reshape(K, S, B) > 0).sum(2), 1).T.astype(np.float32)  # (S, K)
+        active = running[None, :] & (np.arange(S)[:, None] < steps[None, :])  # (S, K)
+        t_step = t[None, :] + np.cumsum(active, axis=0)
+        lr_t = recipe.lr * np.sqrt(1 - b2 ** t_step) / (1 - b1 ** np.maximum(t_step, 1)) * active
+        t = t_step[-1]
+        to = lambda a, dtype=torch.float32: torch.from_numpy(  # noqa: E731
+            np.ascontiguousarray(a)).to(device=dev, dtype=dtype)
+        rows_t = to(rows.reshape(K, S, B).transpose(1, 0, 2), torch.long)
+        lab_t = to(lab.reshape(K, S, B).transpose(1, 0, 2)[:, :, None, :],
+                   torch.float32 if n_out == 1 else torch.long)
+        scale_t = to(vw.reshape(K, S, B).transpose(1, 0, 2) / count[:, :, None])[:, :, None, :]
+        decay_t = to(decay / count)[:, :, None, None]
+        count_t = to(count)
+        lr_t = to(lr_t)[:, :, None]
+        keep1 = to(np.where(active, b1, 1.0))[:, :, None]
+        keep2 = to(np.where(active, b2, 1.0))[:, :, None]
+        act_t = to(active)
+        epoch_loss = torch.zeros(K, device=dev)
+        for s in range(S):
+            acts = [Xt.index_select(0, rows_t[s].view(-1)).view(K, B, -1).transpose(1, 2)]
+            for i in range(n_layers):
+                z = torch.baddbmm(bias[i], Wt[i], acts[-1])
+                acts.append(torch.relu(z) if i < n_layers - 1 else z)
+            logits = acts.pop()
+            target = lab_t[s]
+            if n_out == 1:
+                # log(1 + e^z) - z*y written out: torch's softplus kernel is slow on CPU.
+                data = logits.clamp(min=0) - logits * target + torch.log1p(torch.exp(-logits.abs()))
+                delta = torch.sigmoid(logits) - target
+            else:
+                log_p = torch.log_softmax(logits, dim=1)
+                data = -log_p.gather(1, target)
+                delta = log_p.exp() - (classes == target).to(torch.float32)
+            delta = delta * scale_t[s]
+            sq = sum(W.square().sum((1, 2)) for W in Wt)
+            epoch_loss += ((data * scale_t[s]).sum((1, 2)) * count_t[s] + 0.5 * decay * sq) * act_t[s]
+            grads = [None] * (2 * n_layers)
+            for i in reversed(range(n_layers)):
+                grads[2 * i] = torch.bmm(delta, acts[i].transpose(1, 2)).add_(decay_t[s] * Wt[i])
+                grads[2 * i + 1] = delta.sum(2, keepdim=True)
+                if i > 0:
+                    delta = torch.bmm(Wt[i].transpose(1, 2), delta) * (acts[i] > 0)
+            g = torch.cat([gr.reshape(K, -1) for gr in grads], 1)
+            m1.lerp_(g, 1 - keep1[s])
+            m2.lerp_(g.square_(), 1 - keep2[s])
+            theta.sub_(lr_t[s] * m1 / (m2.sqrt() + eps))
+        mean_loss = epoch_loss / n_visits
+        improved = ~(mean_loss > best - recipe.tol)
+        run_t = torch.from_numpy(running).to(dev)
+        stale = torch.where(run_t, torch.where(improved, 0, stale + 1), stale)
+        best = torch.where(run_t, torch.minimum(best, mean_loss), best)
+        epochs[running] += 1
+        running &= (stale <= recipe.n_iter_no_change).cpu().numpy()
+        if not running.any():
+            break
+
+    W_out = [W.transpose(1, 2).cpu().numpy() for W in Wt]
+    b_out = [b[:, :, 0].cpu().numpy() for b in bias]
+    return [MLPModel(tuple(np.ascontiguousarray(W[k]) for W in W_out), tuple(b[k] for b in b_out),
+                     n_classes, int(epochs[k])) for k in range(K)]
+
+
+MODELS.add("mlp", MLP)
+
+
+@MODELS.register("logreg")
+def logistic_regression(**params) -> MLP:
+    """Logistic (softmax) regression: the MLP recipe with no hidden layer."""
+    return MLP(hidden=(), **params)

@@ -1,0 +1,304 @@
+"""Runs scenarios: attack, defend, train, measure, store (DESIGN.md, "The flow of one scenario").
+
+Shared work is done once: a scenario's splits, subpopulations and clean models serve all its
+targets, a poison set serves every defense, and a defense's cost on clean data is measured once
+per scenario on the blind track. Trials are processed in chunks: the victim models of a chunk are
+trained together by one ``fit_many`` call over a pool made of D and the chunk's poison sets.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+
+import numpy as np
+
+import attacks
+import defenses
+from bench import __version__, datasets, models
+from bench.metrics import filtering_metrics, trial_metrics
+from bench.scenarios import ScenarioSpec
+from bench.seeding import derive_seed
+from bench.store import Store, TrialRow
+from bench.subpops import FINDERS, Subpopulations
+from defenses import Defense, DefenseInput, Sanitized
+
+ANY_TRACK = "any"  # the track of defenses that ignore the budget hint: one run serves both
+
+
+def environment() -> str:
+    import sklearn
+    import torch
+
+    return json.dumps({"subpop_bench": __version__, "python": sys.version.split()[0],
+                       "numpy": np.__version__, "torch": torch.__version__,
+                       "scikit_learn": sklearn.__version__, "platform": platform.platform()},
+                      sort_keys=True)
+
+
+def defense_id(defense: Defense) -> str:
+    return f"{defense.name}@{derive_seed(json.dumps(defense.hyperparameters(), sort_keys=True, default=str)):08x}"
+
+
+def tracks_for(defense: Defense, tracks: tuple[str, ...]) -> tuple[str, ...]:
+    return (ANY_TRACK,) if not defense.uses_budget else tracks
+
+
+def trial_key(spec: ScenarioSpec, target: int, alpha: float, trial: int, defense: Defense, track: str) -> str:
+    return f"{spec.id}|{spec.hash}|t{target}|a{alpha:g}|r{trial}|{defense_id(defense)}|{track}"
+
+
+@dataclass
+class Scenario:
+    """Everything a scenario's trials share, computed once."""
+
+    spec: ScenarioSpec
+    splits: datasets.Splits
+    subpops: Subpopulations
+    targets: np.ndarray
+    recipe: object
+    clean_correct: np.ndarray  # (clean_models, n_test) bool
+    clean_seeds: list[int]
+    poisons: dict = field(default_factory=dict)
+    clean_costs: dict = field(default_factory=dict)
+
+    @classmethod
+    def prepare(cls, spec: ScenarioSpec, data_root=None) -> "Scenario":
+        splits = datasets.load(spec.dataset, seed=spec.seed, data_root=data_root)
+        finder = FINDERS.get(spec.finder)(**dict(spec.finder_params))
+        subpops = finder.find(splits, seed=spec.seed)
+        targets = spec.target_rule.select(subpops)
+        recipe = models.make(spec.model, **dict(spec.model_params))
+        seeds = [derive_seed(spec.hash, "clean", i) for i in range(spec.clean_models)]
+        clean = recipe.fit_many(splits.train.X, splits.train.y, splits.n_classes,
+                                [models.TrainJob(np.ones(len(splits.train)), s) for s in seeds])
+        correct = np.stack([m.predict(splits.test.X) == splits.test.y for m in clean])
+        return cls(spec, splits, subpops, targets, recipe, correct, seeds)
+
+    def target_size(self, target: int) -> int:
+        return int((self.subpops.aux == target).sum())
+
+    def poison(self, target: int, alpha: float, trial: int):
+        key = (target, alpha, trial)
+        if key not in self.poisons:
+            attack = attacks.make(self.spec.attack, **dict(self.spec.attack_params))
+            aux = self.splits.aux
+            data = attacks.AttackInput(aux.X, aux.y, self.subpops.aux == target,
+                                       self.splits.n_classes, self.splits.domain)
+            m = attacks.poison_count(alpha, self.target_size(target))
+            rng = np.random.default_rng(derive_seed(self.spec.hash, target, alpha, trial, "poison"))
+            self.poisons[key] = attack.generate(data, m, rng)
+        return self.poisons[key]
+
+    def victim_seed(self, target: int, alpha: float, trial: int) -> int:
+        return derive_seed(self.spec.hash, target, alpha, trial, "victim")
+
+
+def apply_defense(defense: Defense, X, y, n_classes, recipe, budget, seed):
+    """Run the defense on (X, y) shuffled (so position reveals nothing), return
+    ``("weights", Sanitized)`` or ``("model", model)`` in the original order."""
+    order = np.random.default_rng(seed).permutation(len(y))
+    data = DefenseInput(X[order], y[order], n_classes, recipe, budget, seed)
+    if hasattr(defense, "fit"):
+        return "model", defense.fit(data)
+    result = defense.sanitize(data)
+    if not isinstance(result, Sanitized):
+        raise TypeError(f"{defense.name}.sanitize returned {type(result).__name__}, expected Sanitized")
+    weights = np.asarray(result.weights, dtype=np.float64)
+    if weights.shape != (len(y),):
+        raise ValueError(f"{defense.name} returned weights of shape {weights.shape}, expected ({len(y)},)")
+    if not np.all(np.isfinite(weights)) or (weights < 0).any():
+        raise ValueError(f"{defense.name} returned NaN, infinite or negative weights")
+    if not (weights > 0).any():
+        raise ValueError(f"{defense.name} removed every training point")
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    labels = None
+    if result.labels is not None:
+        labels = np.asarray(result.labels)
+        if labels.shape != (len(y),) or labels.min() < 0 or labels.max() >= n_classes:
+            raise ValueError(f"{defense.name} returned labels of shape {labels.shape} or out of range")
+        labels = labels[inverse].astype(np.int64)
+    return "weights", Sanitized(weights[inverse], labels)
+
+
+def _metrics(sc: Scenario, target: int, m: int, pois: np.ndarray, def_clean: np.ndarray,
+             weights: np.ndarray | None) -> dict:
+    out = {"m": m, "target_aux": sc.target_size(target),
+           "target_train": int((sc.subpops.train == target).sum()),
+           "target_test": int((sc.subpops.test == target).sum())}
+    out.update(trial_metrics(sc.clean_correct, pois, def_clean, sc.subpops.test, target, sc.targets))
+    if weights is not None:
+        out.update(filtering_metrics(weights == 0, len(sc.splits.train), sc.subpops.train, target))
+    return out
+
+
+class _Failure(Exception):
+    """A defense's error, recorded as the trial's outcome."""
+
+
+def _sanitize_or_model(sc: Scenario, defense: Defense, X, y, budget, seed):
+    try:
+        return apply_defense(defense, X, y, sc.splits.n_classes, sc.recipe, budget, seed)
+    except Exception as err:  # a defense must not take the run down
+        where = traceback.extract_tb(err.__traceback__)[-1]
+        raise _Failure(f"{type(err).__name__}: {err} ({where.filename}:{where.lineno})") from err
+
+
+def _correct(sc: Scenario, fitted) -> np.ndarray:
+    return fitted.predict(sc.splits.test.X) == sc.splits.test.y
+
+
+def blind_clean_correct(sc: Scenario, defense: Defense) -> np.ndarray:
+    """Test correctness (clean_models, n_test) of the defense applied to D alone, no hint; the
+    recipe seeds are those of the clean models, so a defense that keeps everything costs 0."""
+    key = defense_id(defense)
+    if key not in sc.clean_costs:
+        D = sc.splits.train
+        kind, out = _sanitize_or_model(sc, defense, D.X, D.y, None,
+                                       derive_seed(sc.spec.hash, defense_id(defense), "clean"))
+        if kind == "model":
+            sc.clean_costs[key] = _correct(sc, out)[None]
+        elif np.all(out.weights == 1) and out.labels is None:
+            sc.clean_costs[key] = sc.clean_correct
+        else:
+            jobs = [models.TrainJob(out.weights, s, out.labels) for s in sc.clean_seeds]
+            fitted = sc.recipe.fit_many(D.X, D.y, sc.splits.n_classes, jobs)
+            sc.clean_costs[key] = np.stack([_correct(sc, f) for f in fitted])
+    return sc.clean_costs[key]
+
+
+def run_chunk(sc: Scenario, defense: Defense, track: str, trials: list[tuple[int, float, int]],
+              env: str) -> list[TrialRow]:
+    """Attack, defend, train (one batched ``fit_many``) and measure ``trials`` of one
+    (scenario, defense, track); returns one row per trial, failed trials included."""
+    spec, D = sc.spec, sc.splits.train
+    n = len(D)
+    did = defense_id(defense)
+    informed = track == "informed"
+    sets = [sc.poison(*g) for g in trials]
+    offsets = np.cumsum([n] + [len(yp) for _, yp in sets])
+    X_pool = np.vstack([D.X] + [Xp for Xp, _ in sets])
+    y_pool = np.concatenate([D.y] + [yp for _, yp in sets])
+    jobs: list[models.TrainJob] = []
+    plans = []
+    for (target, alpha, trial), (Xp, yp), off in zip(trials, sets, offsets):
+        t0 = time.time()
+        m = len(yp)
+        seed = sc.victim_seed(target, alpha, trial)
+        plan = {"trial": (target, alpha, trial), "m": m, "seed": seed, "error": None}
+        try:
+            if not informed:
+                plan["def_clean"] = blind_clean_correct(sc, defense)
+            kind, out = _sanitize_or_model(
+                sc, defense, np.vstack([D.X, Xp]), np.concatenate([D.y, yp]),
+                m if informed else None, derive_seed(spec.hash, target, alpha, trial, did, track))
+            if kind == "model":
+                plan["pois"] = _correct(sc, out)
+            else:
+                plan["weights"] = out.weights
+                plan["job"] = len(jobs)
+                jobs.append(_pool_job(out, n, off, y_pool, seed))
+            if informed:
+                dkind, dout = _sanitize_or_model(sc, defense, D.X, D.y, m,
+                                                 derive_seed(spec.hash, target, alpha, did, "clean"))
+                if dkind == "model":
+                    plan["def_clean"] = _correct(sc, dout)[None]
+                else:
+                    plan["def_job"] = len(jobs)
+                    jobs.append(_pool_job(dout, n, n, y_pool, seed))
+        except _Failure as err:
+            plan["error"] = str(err)
+        plan["defense_s"] = time.time() - t0
+        plans.append(plan)
+
+    t0 = time.time()
+    fitted = sc.recipe.fit_many(X_pool, y_pool, sc.splits.n_classes, jobs) if jobs else []
+    train_s = (time.time() - t0) / max(len(trials), 1)
+    correct = [_correct(sc, f) for f in fitted]
+
+    rows = []
+    for plan in plans:
+        target, alpha, trial = plan["trial"]
+        metrics, status = {}, "failed"
+        if plan["error"] is None:
+            pois = correct[plan["job"]] if "job" in plan else plan["pois"]
+            def_clean = correct[plan["def_job"]][None] if "def_job" in plan else plan["def_clean"]
+            metrics = _metrics(sc, target, plan["m"], pois, def_clean, plan.get("weights"))
+            metrics.update(defense_s=plan["defense_s"], train_s=train_s)
+            status = "ok"
+        rows.append(TrialRow(
+            key=trial_key(spec, target, alpha, trial, defense, track), scenario=spec.id,
+            scenario_hash=spec.hash, target=target, target_name=sc.subpops.names[target],
+            alpha=alpha, trial=trial, defense=defense.name, defense_version=defense.version,
+            defense_params=json.dumps(defense.hyperparameters(), sort_keys=True, default=str),
+            track=track, seed=plan["seed"], status=status, error=plan["error"], metrics=metrics,
+            runtime_s=plan["defense_s"] + train_s, environment=env))
+    return rows
+
+
+def _pool_job(out: Sanitized, n: int, offset: int, y_pool: np.ndarray, seed: int) -> models.TrainJob:
+    """Place a sanitized set of D (n rows) plus poisons (the rest) into the pool, poisons at
+    ``offset``."""
+    k = len(out.weights) - n
+    weights = np.zeros(len(y_pool))
+    weights[:n] = out.weights[:n]
+    weights[offset:offset + k] = out.weights[n:]
+    labels = None
+    if out.labels is not None:
+        labels = y_pool.copy()
+        labels[:n] = out.labels[:n]
+        labels[offset:offset + k] = out.labels[n:]
+    return models.TrainJob(weights, seed, labels)
+
+
+@dataclass
+class RunSummary:
+    ran: int = 0
+    skipped: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    scenarios: list = field(default_factory=list)
+
+
+def run(specs: list[ScenarioSpec], defense_list: list[Defense], tracks=("informed", "blind"),
+        store: Store | None = None, data_root=None, chunk_size: int = 64, progress: bool = True,
+        log=print) -> RunSummary:
+    """Run every (scenario, defense, track) trial not yet in ``store``; returns counts."""
+    from tqdm import tqdm
+
+    start = time.time()
+    summary = RunSummary()
+    env = environment()
+    bar = tqdm(total=0, unit="trial", disable=not progress, dynamic_ncols=True)
+    for spec in specs:
+        summary.scenarios.append(spec.id)
+        stored = store.keys(spec.id) if store is not None else set()
+        sc = None
+        for defense in defense_list:
+            for track in tracks_for(defense, tuple(tracks)):
+                if sc is None:
+                    bar.set_description(f"{spec.id}: preparing")
+                    sc = Scenario.prepare(spec, data_root)
+                    log(f"{spec.id}: {len(sc.targets)} targets, {len(sc.splits.train)} training points, "
+                        f"clean accuracy {sc.clean_correct.mean():.3f}")
+                grid = [(int(t), a, r) for t in sc.targets for a in spec.alphas for r in range(spec.trials)]
+                pending = [g for g in grid if trial_key(spec, *g, defense, track) not in stored]
+                summary.skipped += len(grid) - len(pending)
+                if not pending:
+                    continue
+                bar.total += len(pending)
+                bar.set_description(f"{spec.id} {defense.name}/{track}")
+                for i in range(0, len(pending), chunk_size):
+                    rows = run_chunk(sc, defense, track, pending[i:i + chunk_size], env)
+                    if store is not None:
+                        store.add(rows)
+                    summary.ran += len(rows)
+                    summary.failed += sum(r.status != "ok" for r in rows)
+                    bar.update(len(rows))
+    bar.close()
+    summary.seconds = time.time() - start
+    return summary

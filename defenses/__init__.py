@@ -1,0 +1,92 @@
+"""Defenses against poisoning, and the one interface they share.
+
+A defense author writes one frozen dataclass (its fields are the hyper-parameters) with a
+``name``, a ``version`` and one method:
+
+- ``sanitize(data) -> Sanitized``: which training points to keep (or reweight or relabel); the
+  victim recipe is then trained on the result. See :mod:`defenses.sphere` for a full example.
+- ``fit(data) -> model``: robust training that returns its own fitted model.
+
+``data`` is a :class:`DefenseInput`: the poisoned training set (never which points are poison),
+the victim recipe, and the budget hint of the track.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, is_dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from bench.registry import Registry
+
+DEFENSES: Registry = Registry("defense")
+TRACKS = ("informed", "blind")
+
+
+@dataclass(frozen=True, eq=False)
+class DefenseInput:
+    """What a defense sees.
+
+    ``X`` (n, d) float32 and ``y`` (n,) int64: the training set D ∪ D_p, shuffled together.
+    ``recipe``: the victim's model recipe (``fit``, ``fit_many``; fitted models have ``embed``).
+    ``budget``: informed track, the exact number of poisons m; blind track, None.
+    ``seed``: for any randomness of the defense.
+    """
+
+    X: np.ndarray
+    y: np.ndarray
+    n_classes: int
+    recipe: object
+    budget: int | None
+    seed: int
+
+    def fit_recipe(self, weights: np.ndarray | None = None):
+        """Train the victim recipe on the (re-weighted) training set."""
+        return self.recipe.fit(self.X, self.y, self.n_classes, sample_weight=weights, seed=self.seed)
+
+
+@dataclass(frozen=True, eq=False)
+class Sanitized:
+    """A sanitizer's answer: ``weights`` (n,) >= 0 (0 drops a point, 1 keeps it) and optionally
+    new ``labels`` (n,)."""
+
+    weights: np.ndarray
+    labels: np.ndarray | None = None
+
+    @classmethod
+    def keep(cls, mask: np.ndarray) -> "Sanitized":
+        return cls(np.asarray(mask, dtype=bool).astype(np.float64))
+
+
+class Defense:
+    """Base class: subclasses are frozen dataclasses and set ``name`` and ``version``."""
+
+    name: ClassVar[str] = ""
+    version: ClassVar[str] = "1"
+    uses_budget: ClassVar[bool] = True
+
+    def hyperparameters(self) -> dict:
+        return asdict(self) if is_dataclass(self) else {}
+
+
+def remove_top(scores: np.ndarray, y: np.ndarray, budget: int | None, blind_fraction: float) -> np.ndarray:
+    """Keep mask (n,) that drops the highest ``scores``: the top ``budget`` overall (informed
+    track, so the classes share the budget by score) or the top ``blind_fraction`` of each
+    class (blind track)."""
+    keep = np.ones(len(scores), dtype=bool)
+    if budget is not None:
+        if budget > 0:
+            keep[np.argsort(-scores, kind="stable")[:budget]] = False
+        return keep
+    for c in np.unique(y):
+        rows = np.flatnonzero(y == c)
+        k = int(round(blind_fraction * len(rows)))
+        keep[rows[np.argsort(-scores[rows], kind="stable")[:k]]] = False
+    return keep
+
+
+def make(name: str, **params) -> Defense:
+    return DEFENSES.get(name)(**params)
+
+
+from defenses import none, sphere  # noqa: E402,F401  (register built-ins)
