@@ -83,33 +83,28 @@ def user_cache_dir() -> Path:
 
 
 def three_way_split(n: int, sizes: tuple[int, int, int], seed: int, stratify: np.ndarray | None = None):
-    """Disjoint index arrays of the given sizes drawn without replacement from ``range(n)``,
-    stratified by ``stratify`` when given (largest-remainder allocation per class)."""
+    """Disjoint index arrays of exactly the given sizes drawn without replacement from
+    ``range(n)``. With ``stratify`` (n,) labels, each part keeps the class shares of the whole up
+    to one example per class: every class is spread evenly over a random order that is then cut
+    into consecutive parts."""
     if sum(sizes) > n:
         raise ValueError(f"split sizes {sizes} need {sum(sizes)} examples, only {n} available")
     rng = np.random.default_rng(seed)
     if stratify is None:
-        perm = rng.permutation(n)
-        a, b, c = sizes
-        return perm[:a], perm[a:a + b], perm[a + b:a + b + c]
-    classes, counts = np.unique(stratify, return_counts=True)
-    parts: list[list[np.ndarray]] = [[], [], []]
-    by_class = {k: rng.permutation(np.flatnonzero(stratify == k)) for k in classes}
-    offsets = dict.fromkeys(classes, 0)
-    for p, size in enumerate(sizes):
-        quota = _allocate(size, counts / n)
-        for k, q in zip(classes, quota):
-            parts[p].append(by_class[k][offsets[k]:offsets[k] + q])
-            offsets[k] += q
-    return tuple(rng.permutation(np.concatenate(p)) for p in parts)
-
-
-def _allocate(total: int, shares: np.ndarray) -> np.ndarray:
-    raw = shares * total
-    quota = np.floor(raw).astype(int)
-    for i in np.argsort(-(raw - quota), kind="stable")[: total - quota.sum()]:
-        quota[i] += 1
-    return quota
+        order = rng.permutation(n)
+    else:
+        stratify = np.asarray(stratify)
+        if stratify.shape != (n,):
+            raise ValueError(f"stratify must have shape ({n},), got {stratify.shape}")
+        # Example j of a class of size c sits at (j + u) / c with u uniform in [0, 1): each class
+        # is evenly spaced along [0, 1), so any stretch of the order is stratified.
+        position = np.empty(n)
+        for k in np.unique(stratify):
+            rows = rng.permutation(np.flatnonzero(stratify == k))
+            position[rows] = (np.arange(len(rows)) + rng.random(len(rows))) / len(rows)
+        order = np.argsort(position, kind="stable")
+    bounds = np.cumsum((0,) + tuple(sizes))
+    return tuple(rng.permutation(order[bounds[i]:bounds[i + 1]]) for i in range(3))
 
 
 def load(name: str, seed: int = 0, data_root: str | os.PathLike | None = None) -> Splits:

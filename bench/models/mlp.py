@@ -123,6 +123,39 @@ def _init_params(rng: np.random.Generator, sizes: list[int]) -> list[np.ndarray]
     return params
 
 
+def loss_and_grads(Wt: list, bias: list, inputs, target, scale, decay):
+    """Weighted data loss (K,) and the gradients of data loss + L2 penalty, for K stacked nets.
+
+    ``Wt[i]`` (K, fan_out, fan_in), ``bias[i]`` (K, fan_out, 1), ``inputs`` (K, d, B), ``target``
+    (K, 1, B) (float 0/1 for a single logistic output, class ids otherwise), ``scale`` (K, 1, B)
+    per-example loss weights, ``decay`` (K, 1, 1) L2 coefficient. The loss of job k is
+    sum_b scale[k,b] * CE_b + decay[k]/2 * ||W_k||^2, and the gradients are returned as
+    ``[dWt_0, dbias_0, dWt_1, ...]`` in the parameter shapes.
+    """
+    acts = [inputs]
+    for i in range(len(Wt)):
+        z = torch.baddbmm(bias[i], Wt[i], acts[-1])
+        acts.append(torch.relu(z) if i < len(Wt) - 1 else z)
+    logits = acts.pop()
+    if logits.shape[1] == 1:
+        # log(1 + e^z) - z*y written out: torch's softplus kernel is slow on CPU.
+        data = logits.clamp(min=0) - logits * target + torch.log1p(torch.exp(-logits.abs()))
+        delta = torch.sigmoid(logits) - target
+    else:
+        log_p = torch.log_softmax(logits, dim=1)
+        data = -log_p.gather(1, target)
+        classes = torch.arange(logits.shape[1], device=logits.device)[None, :, None]
+        delta = log_p.exp() - (classes == target).to(logits.dtype)
+    delta = delta * scale
+    grads = [None] * (2 * len(Wt))
+    for i in reversed(range(len(Wt))):
+        grads[2 * i] = torch.bmm(delta, acts[i].transpose(1, 2)).add_(decay * Wt[i])
+        grads[2 * i + 1] = delta.sum(2, keepdim=True)
+        if i > 0:
+            delta = torch.bmm(Wt[i].transpose(1, 2), delta) * (acts[i] > 0)
+    return (data * scale).sum((1, 2)), grads
+
+
 def _train_chunk(recipe: MLP, X: np.ndarray, y: np.ndarray, n_classes: int,
                  jobs: list[TrainJob]) -> list[MLPModel]:
     # Gradients are written out by hand and Adam runs on one flat (K, n_params) buffer: for
@@ -160,7 +193,6 @@ def _train_chunk(recipe: MLP, X: np.ndarray, y: np.ndarray, n_classes: int,
     stale = torch.zeros(K, dtype=torch.long, device=dev)
     running = np.ones(K, dtype=bool)
     epochs = np.zeros(K, dtype=np.int64)
-    classes = torch.arange(n_out, device=dev)[None, :, None]
     decay = recipe.alpha
 
     for _ in range(recipe.max_epochs):
@@ -196,29 +228,10 @@ def _train_chunk(recipe: MLP, X: np.ndarray, y: np.ndarray, n_classes: int,
         act_t = to(active)
         epoch_loss = torch.zeros(K, device=dev)
         for s in range(S):
-            acts = [Xt.index_select(0, rows_t[s].view(-1)).view(K, B, -1).transpose(1, 2)]
-            for i in range(n_layers):
-                z = torch.baddbmm(bias[i], Wt[i], acts[-1])
-                acts.append(torch.relu(z) if i < n_layers - 1 else z)
-            logits = acts.pop()
-            target = lab_t[s]
-            if n_out == 1:
-                # log(1 + e^z) - z*y written out: torch's softplus kernel is slow on CPU.
-                data = logits.clamp(min=0) - logits * target + torch.log1p(torch.exp(-logits.abs()))
-                delta = torch.sigmoid(logits) - target
-            else:
-                log_p = torch.log_softmax(logits, dim=1)
-                data = -log_p.gather(1, target)
-                delta = log_p.exp() - (classes == target).to(torch.float32)
-            delta = delta * scale_t[s]
+            inputs = Xt.index_select(0, rows_t[s].view(-1)).view(K, B, -1).transpose(1, 2)
+            data_loss, grads = loss_and_grads(Wt, bias, inputs, lab_t[s], scale_t[s], decay_t[s])
             sq = sum(W.square().sum((1, 2)) for W in Wt)
-            epoch_loss += ((data * scale_t[s]).sum((1, 2)) * count_t[s] + 0.5 * decay * sq) * act_t[s]
-            grads = [None] * (2 * n_layers)
-            for i in reversed(range(n_layers)):
-                grads[2 * i] = torch.bmm(delta, acts[i].transpose(1, 2)).add_(decay_t[s] * Wt[i])
-                grads[2 * i + 1] = delta.sum(2, keepdim=True)
-                if i > 0:
-                    delta = torch.bmm(Wt[i].transpose(1, 2), delta) * (acts[i] > 0)
+            epoch_loss += (data_loss * count_t[s] + 0.5 * decay * sq) * act_t[s]
             g = torch.cat([gr.reshape(K, -1) for gr in grads], 1)
             m1.lerp_(g, 1 - keep1[s])
             m2.lerp_(g.square_(), 1 - keep2[s])
