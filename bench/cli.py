@@ -99,7 +99,7 @@ def cmd_run(args) -> int:
     tracks = ("informed", "blind") if args.track == "both" else (args.track,)
     with Store(args.store) as store:
         summary = run(specs, chosen, tracks, store, args.data_root, chunk_size=args.chunk_size,
-                      progress=not args.no_progress, log=lambda msg: print(msg, file=sys.stderr))
+                      progress=not args.no_progress)
         print(f"ran {summary.ran} trials ({summary.failed} failed), skipped {summary.skipped} "
               f"already stored, in {summary.seconds:.1f} s; store: {args.store}", file=sys.stderr)
         rows = [r for r in store.rows() if r["scenario"] in summary.scenarios and r["defense"] in names]
@@ -121,7 +121,8 @@ def cmd_leaderboard(args) -> int:
         rows = store.rows()
     if args.scenario:
         rows = [r for r in rows if r["scenario"] in args.scenario]
-    print(render(aggregate(rows), args.format))
+    text = render(aggregate(rows), args.format)
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
     return 0
 
 
@@ -134,8 +135,7 @@ def cmd_reproduce(args) -> int:
     specs = _specs(args.suite, [])
     start = time.time()
     with Store(args.store) as store:
-        run(specs, [defenses.make("none")], ("blind",), store, args.data_root,
-            log=lambda msg: print(msg, file=sys.stderr))
+        run(specs, [defenses.make("none")], ("blind",), store, args.data_root)
         rows = [r for r in store.rows() if r["scenario"] in {s.id for s in specs} and r["defense"] == "none"]
     print(table2(rows))
     print(f"\n(wall time of this command: {time.time() - start:.0f} s)")

@@ -228,7 +228,6 @@ def run_chunk(sc: Scenario, defense: Defense, track: str, trials: list[tuple[int
             pois = correct[plan["job"]] if "job" in plan else plan["pois"]
             def_clean = correct[plan["def_job"]][None] if "def_job" in plan else plan["def_clean"]
             metrics = _metrics(sc, target, plan["m"], pois, def_clean, plan.get("weights"))
-            metrics.update(defense_s=plan["defense_s"], train_s=train_s)
             status = "ok"
         rows.append(TrialRow(
             key=trial_key(spec, target, alpha, trial, defense, track), scenario=spec.id,
@@ -236,7 +235,8 @@ def run_chunk(sc: Scenario, defense: Defense, track: str, trials: list[tuple[int
             alpha=alpha, trial=trial, defense=defense.name, defense_version=defense.version,
             defense_params=json.dumps(defense.hyperparameters(), sort_keys=True, default=str),
             track=track, seed=plan["seed"], status=status, error=plan["error"], metrics=metrics,
-            runtime_s=plan["defense_s"] + train_s, environment=env))
+            runtime_s=plan["defense_s"] + train_s,
+            timing={"defense_s": plan["defense_s"], "train_s": train_s}, environment=env))
     return rows
 
 
@@ -266,10 +266,14 @@ class RunSummary:
 
 def run(specs: list[ScenarioSpec], defense_list: list[Defense], tracks=("informed", "blind"),
         store: Store | None = None, data_root=None, chunk_size: int = 64, progress: bool = True,
-        log=print) -> RunSummary:
-    """Run every (scenario, defense, track) trial not yet in ``store``; returns counts."""
+        log=None) -> RunSummary:
+    """Run every (scenario, defense, track) trial not yet in ``store``; returns counts.
+    ``log`` takes one-line messages (default: standard error, above the progress bar)."""
     from tqdm import tqdm
 
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
     start = time.time()
     summary = RunSummary()
     env = environment()

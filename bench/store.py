@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS trials (
     error TEXT,
     metrics TEXT NOT NULL,
     runtime_s REAL NOT NULL,
+    timing TEXT NOT NULL,
     created_at REAL NOT NULL,
     environment TEXT NOT NULL
 );
@@ -62,6 +63,7 @@ class TrialRow:
     error: str | None
     metrics: dict
     runtime_s: float
+    timing: dict
     environment: str
 
 
@@ -107,14 +109,15 @@ class Store:
         with self.db:
             before = self.db.total_changes
             self.db.executemany(
-                "INSERT OR IGNORE INTO trials VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT OR IGNORE INTO trials VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 [(r.key, r.scenario, r.scenario_hash, r.target, r.target_name, r.alpha, r.trial,
                   r.defense, r.defense_version, r.defense_params, r.track, r.seed, r.status, r.error,
-                  json.dumps(r.metrics), r.runtime_s, now, r.environment) for r in rows])
+                  json.dumps(r.metrics), r.runtime_s, json.dumps(r.timing), now, r.environment) for r in rows])
             return self.db.total_changes - before
 
     def rows(self, scenario: str | None = None) -> list[dict]:
-        """All trial rows as dicts (``metrics`` decoded), optionally of one scenario."""
+        """All trial rows as dicts (``metrics`` and ``timing`` decoded), optionally of one scenario.
+        Metrics are deterministic given the trial; wall-clock seconds live in ``timing``."""
         query = "SELECT * FROM trials" + (" WHERE scenario=?" if scenario else "") + " ORDER BY key"
         cursor = self.db.execute(query, (scenario,) if scenario else ())
         names = [c[0] for c in cursor.description]
@@ -122,6 +125,7 @@ class Store:
         for values in cursor:
             row = dict(zip(names, values))
             row["metrics"] = json.loads(row["metrics"])
+            row["timing"] = json.loads(row["timing"])
             out.append(row)
         return out
 

@@ -1,0 +1,111 @@
+"""The command line, as a user runs it (subprocesses)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from bench.cli import main
+from bench.store import Store
+
+CLI = [sys.executable, "-m", "bench"]
+
+
+def cli(*args, cwd=None, env=None, timeout=900):
+    return subprocess.run(CLI + list(args), capture_output=True, text=True, cwd=cwd, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def test_list_names(capsys):
+    assert main(["list", "defenses"]) == 0
+    out = capsys.readouterr().out
+    assert "none" in out and "sphere" in out
+    assert main(["list", "suites"]) == 0
+    out = capsys.readouterr().out
+    assert "quick" in out and "paper-adult" in out
+
+
+def test_unknown_names_suggest_the_closest(capsys, tmp_path):
+    assert main(["run", "--defense", "sphre", "--store", str(tmp_path / "s.sqlite")]) == 2
+    assert "did you mean 'sphere'" in capsys.readouterr().err
+    assert main(["run", "--suite", "paper-adlt", "--store", str(tmp_path / "s.sqlite")]) == 2
+    assert "did you mean 'paper-adult'" in capsys.readouterr().err
+
+
+def test_missing_adult_data_gives_a_clear_error(capsys, tmp_path):
+    code = main(["run", "--suite", "paper-adult", "--defense", "none", "--data-root", str(tmp_path),
+                 "--store", str(tmp_path / "s.sqlite"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert str(tmp_path / "adult" / "adult.data") in err and "subpop-bench data fetch adult" in err
+
+
+def test_leaderboard_without_store_says_so(capsys, tmp_path):
+    assert main(["leaderboard", "--store", str(tmp_path / "missing.sqlite")]) == 2
+    assert "no result store" in capsys.readouterr().err
+
+
+def test_run_then_leaderboard_json(tmp_path):
+    store = str(tmp_path / "s.sqlite")
+    done = cli("run", "--suite", "synthetic", "--defense", "none", "--defense", "sphere",
+               "--track", "blind", "--store", store, "--no-progress")
+    assert done.returncode == 0, done.stderr
+    assert "| none" in done.stdout and "| sphere" in done.stdout
+    out = cli("leaderboard", "--store", store, "--format", "json")
+    rows = json.loads(out.stdout)
+    required = {"scenario", "alpha", "defense", "track", "n_targets", "clean_acc", "mean_td",
+                "worst1_td", "worst5_td", "worst10_td", "mean_cd", "defense_clean_cost"}
+    assert rows and all(required <= set(r) for r in rows)
+    assert {(r["defense"], r["track"]) for r in rows} == {("none", "any"), ("sphere", "blind")}
+    csv = cli("leaderboard", "--store", store, "--format", "csv").stdout.splitlines()
+    assert csv[0].startswith("scenario,alpha,defense,track") and len(csv) == len(rows) + 1
+
+
+def test_kill_and_rerun_finishes_without_duplicates(tmp_path):
+    """kill -9 in the middle of a run, run the same command again: the store ends with exactly
+    the trials and metrics of an uninterrupted run."""
+    args = ["run", "--suite", "synthetic", "--defense", "none", "--chunk-size", "4", "--no-progress"]
+    reference = tmp_path / "reference.sqlite"
+    assert cli(*args, "--store", str(reference)).returncode == 0
+    with Store(reference) as s:
+        expected = {r["key"]: r["metrics"] for r in s.rows()}
+
+    store = tmp_path / "killed.sqlite"
+    proc = subprocess.Popen(CLI + args + ["--store", str(store)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        time.sleep(0.2)
+        if store.exists():
+            with Store(store) as s:
+                if s.count() >= 8:
+                    break
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    with Store(store) as s:
+        partial = s.count()
+    assert 0 < partial < len(expected)
+    assert cli(*args, "--store", str(store)).returncode == 0
+    with Store(store) as s:
+        got = {r["key"]: r["metrics"] for r in s.rows()}
+        assert s.count() == len(expected)
+    assert got == expected
+
+
+@pytest.mark.slow
+def test_no_arguments_runs_the_quick_suite(tmp_path):
+    """`subpop-bench` alone: offline quick suite, every defense, leaderboard on stdout."""
+    env = {"SUBPOP_DATA_ROOT": str(tmp_path / "no-data"), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    done = subprocess.run([os.path.join(os.path.dirname(sys.executable), "subpop-bench")],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=900,
+                          env={**os.environ, **env})
+    assert done.returncode == 0, done.stderr
+    assert "digits/mlp/clustermatch/label-flip" in done.stdout
+    for defense in ("none", "sphere"):
+        assert f"| {defense}" in done.stdout
+    assert (tmp_path / "subpop-bench-results" / "results.sqlite").exists()
