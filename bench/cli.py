@@ -144,8 +144,26 @@ def cmd_reproduce(args) -> int:
 
 def cmd_list(args) -> int:
     registry = _registries()[args.what]
+    if args.what == "defenses":
+        return _list_defenses(registry)
     for name in registry.names():
         print(f"{name:45s} {_doc(registry.get(name))}")
+    return 0
+
+
+def _list_defenses(registry) -> int:
+    from tabulate import tabulate
+
+    rows = []
+    for name in registry.names():
+        cls = registry.get(name)
+        params = ", ".join(f"{k}={v!r}" for k, v in cls().hyperparameters().items()) or "-"
+        tracks = "informed, blind" if cls.uses_budget else "any (ignores the hint)"
+        kind = "robust training" if hasattr(cls, "fit") else "sanitizer"
+        rows.append([name, kind, params, tracks, "yes (oracle)" if cls.needs_trusted else "no",
+                     _doc(cls)])
+    print(tabulate(rows, headers=["defense", "kind", "hyper-parameters", "tracks", "trusted data",
+                                  "what it does"], tablefmt="simple"))
     return 0
 
 

@@ -171,6 +171,21 @@ def blind_clean_correct(sc: Scenario, defense: Defense) -> np.ndarray:
     return sc.clean_costs[key]
 
 
+def informed_clean_defense(sc: Scenario, defense: Defense, target: int, alpha: float, m: int):
+    """The defense applied to D alone with hint m; shared by the trials of (target, alpha)."""
+    key = (defense_id(defense), target, alpha)
+    if key not in sc.clean_costs:
+        D = sc.splits.train
+        try:
+            sc.clean_costs[key] = _sanitize_or_model(
+                sc, defense, D.X, D.y, m, derive_seed(sc.spec.hash, target, alpha, key[0], "clean"))
+        except _Failure as err:
+            sc.clean_costs[key] = err
+    if isinstance(sc.clean_costs[key], _Failure):
+        raise sc.clean_costs[key]
+    return sc.clean_costs[key]
+
+
 def run_chunk(sc: Scenario, defense: Defense, track: str, trials: list[tuple[int, float, int]],
               env: str) -> list[TrialRow]:
     """Attack, defend, train (one batched ``fit_many``) and measure ``trials`` of one
@@ -203,8 +218,7 @@ def run_chunk(sc: Scenario, defense: Defense, track: str, trials: list[tuple[int
                 plan["job"] = len(jobs)
                 jobs.append(_pool_job(out, n, off, y_pool, seed))
             if informed:
-                dkind, dout = _sanitize_or_model(sc, defense, D.X, D.y, m,
-                                                 derive_seed(spec.hash, target, alpha, did, "clean"))
+                dkind, dout = informed_clean_defense(sc, defense, target, alpha, m)
                 if dkind == "model":
                     plan["def_clean"] = _correct(sc, dout)[None]
                 else:

@@ -63,7 +63,8 @@ class Defense:
 
     name: ClassVar[str] = ""
     version: ClassVar[str] = "1"
-    uses_budget: ClassVar[bool] = True
+    uses_budget: ClassVar[bool] = True  # False: one run (track "any") serves both tracks
+    needs_trusted: ClassVar[bool] = False  # True: an oracle defense that sees trusted clean data
 
     def hyperparameters(self) -> dict:
         return asdict(self) if is_dataclass(self) else {}

@@ -1,0 +1,52 @@
+"""Per-model training time: scikit-learn MLPClassifier one by one vs our batched ``mlp``.
+
+Both train the paper's Adult model (10 ReLU units, Adam 1e-3, batch 200, L2 1e-4, tol 1e-4,
+10 epochs without improvement) on the same D with K different seeds; prints seconds per model,
+mean test accuracy of each, and the ratio. Run:
+
+    SUBPOP_DATA_ROOT=../shared/data python benchmarks/bench_mlp.py --jobs 64 --sklearn-models 8
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from bench.datasets import load
+from bench.models import TrainJob, make
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=64, help="K, models trained by our batched trainer")
+    parser.add_argument("--sklearn-models", type=int, default=8,
+                        help="models trained one by one with scikit-learn (its time is per model)")
+    parser.add_argument("--data-root", default=None)
+    args = parser.parse_args()
+    from sklearn.neural_network import MLPClassifier
+
+    adult = load("adult", seed=0, data_root=args.data_root)
+    X, y, Xt, yt = adult.train.X, adult.train.y, adult.test.X, adult.test.y
+
+    t0 = time.perf_counter()
+    sk_acc = [MLPClassifier((10,), max_iter=3000, random_state=s).fit(X, y).score(Xt, yt)
+              for s in range(args.sklearn_models)]
+    sk_time = (time.perf_counter() - t0) / args.sklearn_models
+
+    t0 = time.perf_counter()
+    ours = make("mlp").fit_many(X, y, 2, [TrainJob(np.ones(len(y)), s) for s in range(args.jobs)])
+    our_time = (time.perf_counter() - t0) / args.jobs
+    our_acc = [(m.predict(Xt) == yt).mean() for m in ours]
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"scikit-learn MLPClassifier, sequential : {sk_time:7.3f} s/model, "
+          f"accuracy {np.mean(sk_acc):.4f} (n={len(sk_acc)})")
+    print(f"subpop-bench mlp, batched K={args.jobs:<4d}    : {our_time:7.3f} s/model, "
+          f"accuracy {np.mean(our_acc):.4f}, epochs {np.mean([m.n_epochs for m in ours]):.0f}")
+    print(f"speed-up per model: {sk_time / our_time:.1f}x")
+
+
+if __name__ == "__main__":
+    main()
