@@ -109,3 +109,34 @@ def test_no_arguments_runs_the_quick_suite(tmp_path):
     for defense in ("none", "sphere"):
         assert f"| {defense}" in done.stdout
     assert (tmp_path / "subpop-bench-results" / "results.sqlite").exists()
+
+
+def test_fetch_without_network_says_where_to_put_the_files(capsys, tmp_path, monkeypatch):
+    import urllib.error
+    import urllib.request
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert main(["data", "fetch", "adult"]) == 2
+    err = capsys.readouterr().err
+    assert "could not download" in err and str(tmp_path / "subpop-bench" / "data" / "adult") in err
+    assert not list((tmp_path / "subpop-bench" / "data" / "adult").glob("adult.*"))
+
+
+@pytest.mark.realdata
+def test_fetch_verifies_files_already_there(capsys, tmp_path, monkeypatch, data_root):
+    import shutil
+
+    dest = tmp_path / "subpop-bench" / "data" / "adult"
+    dest.mkdir(parents=True)
+    for name in ("adult.data", "adult.test"):
+        shutil.copy(data_root / "adult" / name, dest / name)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert main(["data", "fetch", "adult"]) == 0
+    assert "verified" in capsys.readouterr().out
+    (dest / "adult.test").write_text("garbage\n")
+    assert main(["data", "fetch", "adult"]) == 2
+    assert "md5" in capsys.readouterr().err

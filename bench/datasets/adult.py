@@ -35,8 +35,13 @@ def fetch(dest: Path | None = None) -> Path:
         target = dest / name
         if target.exists():
             verify_md5(target, md5)
-        else:
+            continue
+        try:
             download(URL + name, target, md5)
+        except DataError as err:
+            raise DataError(f"{err}. Without a network, copy the official UCI files adult.data and "
+                            f"adult.test into {dest} (or any folder given by --data-root / "
+                            f"SUBPOP_DATA_ROOT, under adult/).") from None
     return dest
 
 
