@@ -28,7 +28,8 @@ def _doc(obj) -> str:
         return ", ".join(obj)
     if hasattr(obj, "id"):  # a scenario spec
         return f"alphas {', '.join(f'{a:g}' for a in obj.alphas)}; {obj.trials} trial(s)"
-    return (obj.__doc__ or "").strip().splitlines()[0] if obj.__doc__ else ""
+    paragraph = " ".join((obj.__doc__ or "").strip().split("\n\n")[0].split())
+    return paragraph.split(". ")[0].rstrip(".")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,8 +161,9 @@ def _list_defenses(registry) -> int:
         params = ", ".join(f"{k}={v!r}" for k, v in cls().hyperparameters().items()) or "-"
         tracks = "informed, blind" if cls.uses_budget else "any (ignores the hint)"
         kind = "robust training" if hasattr(cls, "fit") else "sanitizer"
+        doc = _doc(cls)
         rows.append([name, kind, params, tracks, "yes (oracle)" if cls.needs_trusted else "no",
-                     _doc(cls)])
+                     doc if len(doc) <= 70 else doc[:69] + "…"])
     print(tabulate(rows, headers=["defense", "kind", "hyper-parameters", "tracks", "trusted data",
                                   "what it does"], tablefmt="simple"))
     return 0

@@ -90,4 +90,6 @@ def make(name: str, **params) -> Defense:
     return DEFENSES.get(name)(**params)
 
 
-from defenses import none, sphere  # noqa: E402,F401  (register built-ins)
+from defenses import (  # noqa: E402,F401  (register built-ins)
+    activation_clustering, cleanlab_defense, deep_knn, dpa, knn_distance, label_sanitization, loss,
+    none, sever, slab, spectral_signatures, sphere, svd, trim)

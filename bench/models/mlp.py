@@ -156,99 +156,112 @@ def loss_and_grads(Wt: list, bias: list, inputs, target, scale, decay):
     return (data * scale).sum((1, 2)), grads
 
 
-def _train_chunk(recipe: MLP, X: np.ndarray, y: np.ndarray, n_classes: int,
-                 jobs: list[TrainJob]) -> list[MLPModel]:
-    # Gradients are written out by hand and Adam runs on one flat (K, n_params) buffer: for
-    # networks this small, per-op overhead, not arithmetic, is the cost. Activations are kept
-    # (K, width, batch) because MKL's batched GEMM is several times faster that way round.
-    dev = torch.device(recipe.device)
-    K, n_pool = len(jobs), len(y)
-    n_out = 1 if n_classes == 2 else n_classes
-    sizes = [X.shape[1], *recipe.hidden, n_out]
-    n_layers = len(sizes) - 1
-    plans = [_Schedule(job, n_pool, recipe.batch_size) for job in jobs]
-    labels = np.stack([y if job.labels is None else np.asarray(job.labels, np.int64) for job in jobs])
-    if labels.shape != (K, n_pool):
-        raise ValueError(f"job labels must have shape ({n_pool},)")
-
-    # Flat layout per job: [Wt_0 (out, in), b_0 (out,), Wt_1, b_1, ...].
-    flat = np.stack([np.concatenate([a.T.ravel() if a.ndim == 2 else a
-                                     for a in _init_params(p.rng, sizes)]) for p in plans])
-    theta = torch.tensor(flat, dtype=torch.float32, device=dev)
+def _layer_views(theta: torch.Tensor, sizes: list[int]):
+    """Views ``Wt[i]`` (K, fan_out, fan_in) and ``bias[i]`` (K, fan_out, 1) into the flat
+    (K, n_params) buffer laid out as [Wt_0, b_0, Wt_1, b_1, ...]."""
+    K = theta.shape[0]
     Wt, bias, offset = [], [], 0
     for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
         Wt.append(theta[:, offset:offset + fan_in * fan_out].view(K, fan_out, fan_in))
         offset += fan_in * fan_out
         bias.append(theta[:, offset:offset + fan_out].view(K, fan_out, 1))
         offset += fan_out
+    return Wt, bias
+
+
+def _train_chunk(recipe: MLP, X: np.ndarray, y: np.ndarray, n_classes: int,
+                 jobs: list[TrainJob]) -> list[MLPModel]:
+    # Gradients are written out by hand and Adam runs on one flat (K, n_params) buffer: for
+    # networks this small, per-op overhead, not arithmetic, is the cost. Activations are kept
+    # (K, width, batch) because MKL's batched GEMM is several times faster that way round.
+    # Jobs that have stopped are dropped from the batch at the end of each epoch, so a chunk
+    # costs the sum of its jobs' epochs, not K times the longest.
+    dev = torch.device(recipe.device)
+    K, n_pool = len(jobs), len(y)
+    n_out = 1 if n_classes == 2 else n_classes
+    sizes = [X.shape[1], *recipe.hidden, n_out]
+    plans = [_Schedule(job, n_pool, recipe.batch_size) for job in jobs]
+    labels = np.stack([y if job.labels is None else np.asarray(job.labels, np.int64) for job in jobs])
+    if labels.shape != (K, n_pool):
+        raise ValueError(f"job labels must have shape ({n_pool},)")
+
+    flat = np.stack([np.concatenate([a.T.ravel() if a.ndim == 2 else a
+                                     for a in _init_params(p.rng, sizes)]) for p in plans])
+    final = flat.astype(np.float32)
+    theta = torch.tensor(flat, dtype=torch.float32, device=dev)
     m1 = torch.zeros_like(theta)
     m2 = torch.zeros_like(theta)
     Xt = torch.from_numpy(X).to(dev)
-    S, B = max(p.steps for p in plans), max(p.batch for p in plans)
-    steps = np.array([p.steps for p in plans])
-    n_visits = torch.tensor([p.n for p in plans], dtype=torch.float32, device=dev)
-    b1, b2, eps = 0.9, 0.999, 1e-8
+    alive = np.arange(K)  # original index of each row still training
     t = np.zeros(K)
     best = torch.full((K,), float("inf"), device=dev)
     stale = torch.zeros(K, dtype=torch.long, device=dev)
-    running = np.ones(K, dtype=bool)
     epochs = np.zeros(K, dtype=np.int64)
-    decay = recipe.alpha
+    b1, b2, eps, decay = 0.9, 0.999, 1e-8, recipe.alpha
+    to = lambda a, dtype=torch.float32: torch.from_numpy(  # noqa: E731
+        np.ascontiguousarray(a)).to(device=dev, dtype=dtype)
 
     for _ in range(recipe.max_epochs):
-        rows = np.zeros((K, S * B), dtype=np.int64)
-        vw = np.zeros((K, S * B), dtype=np.float32)
-        lab = np.zeros((K, S * B), dtype=np.int64)
-        for k, p in enumerate(plans):
-            if not running[k]:
-                continue
+        k_alive = len(alive)
+        live = [plans[i] for i in alive]
+        S, B = max(p.steps for p in live), max(p.batch for p in live)
+        rows = np.zeros((k_alive, S * B), dtype=np.int64)
+        vw = np.zeros((k_alive, S * B), dtype=np.float32)
+        lab = np.zeros((k_alive, S * B), dtype=np.int64)
+        for k, (i, p) in enumerate(zip(alive, live)):
             order = p.rng.permutation(p.n)
             # Lay each job's minibatches out in slots of width B so step s covers slot s.
             slots = np.arange(p.n) // p.batch * B + np.arange(p.n) % p.batch
             rows[k, slots] = p.rows[order]
             vw[k, slots] = p.visit_weight[order]
-            lab[k, slots] = labels[k, rows[k, slots]]
+            lab[k, slots] = labels[i, rows[k, slots]]
         # Everything that does not depend on the parameters is prepared once per epoch.
-        count = np.maximum((vw.reshape(K, S, B) > 0).sum(2), 1).T.astype(np.float32)  # (S, K)
-        active = running[None, :] & (np.arange(S)[:, None] < steps[None, :])  # (S, K)
+        steps = np.array([p.steps for p in live])
+        count = np.maximum((vw.reshape(k_alive, S, B) > 0).sum(2), 1).T.astype(np.float32)  # (S, K)
+        active = np.arange(S)[:, None] < steps[None, :]  # (S, K)
         t_step = t[None, :] + np.cumsum(active, axis=0)
-        lr_t = recipe.lr * np.sqrt(1 - b2 ** t_step) / (1 - b1 ** np.maximum(t_step, 1)) * active
+        lr_t = to(recipe.lr * np.sqrt(1 - b2 ** t_step) / (1 - b1 ** np.maximum(t_step, 1))
+                  * active)[:, :, None]
         t = t_step[-1]
-        to = lambda a, dtype=torch.float32: torch.from_numpy(  # noqa: E731
-            np.ascontiguousarray(a)).to(device=dev, dtype=dtype)
-        rows_t = to(rows.reshape(K, S, B).transpose(1, 0, 2), torch.long)
-        lab_t = to(lab.reshape(K, S, B).transpose(1, 0, 2)[:, :, None, :],
+        rows_t = to(rows.reshape(k_alive, S, B).transpose(1, 0, 2), torch.long)
+        lab_t = to(lab.reshape(k_alive, S, B).transpose(1, 0, 2)[:, :, None, :],
                    torch.float32 if n_out == 1 else torch.long)
-        scale_t = to(vw.reshape(K, S, B).transpose(1, 0, 2) / count[:, :, None])[:, :, None, :]
+        scale_t = to(vw.reshape(k_alive, S, B).transpose(1, 0, 2) / count[:, :, None])[:, :, None, :]
         decay_t = to(decay / count)[:, :, None, None]
         count_t = to(count)
-        lr_t = to(lr_t)[:, :, None]
         keep1 = to(np.where(active, b1, 1.0))[:, :, None]
         keep2 = to(np.where(active, b2, 1.0))[:, :, None]
         act_t = to(active)
-        epoch_loss = torch.zeros(K, device=dev)
+        Wt, bias = _layer_views(theta, sizes)
+        epoch_loss = torch.zeros(k_alive, device=dev)
         for s in range(S):
-            inputs = Xt.index_select(0, rows_t[s].view(-1)).view(K, B, -1).transpose(1, 2)
+            inputs = Xt.index_select(0, rows_t[s].view(-1)).view(k_alive, B, -1).transpose(1, 2)
             data_loss, grads = loss_and_grads(Wt, bias, inputs, lab_t[s], scale_t[s], decay_t[s])
             sq = sum(W.square().sum((1, 2)) for W in Wt)
             epoch_loss += (data_loss * count_t[s] + 0.5 * decay * sq) * act_t[s]
-            g = torch.cat([gr.reshape(K, -1) for gr in grads], 1)
+            g = torch.cat([gr.reshape(k_alive, -1) for gr in grads], 1)
             m1.lerp_(g, 1 - keep1[s])
             m2.lerp_(g.square_(), 1 - keep2[s])
             theta.sub_(lr_t[s] * m1 / (m2.sqrt() + eps))
-        mean_loss = epoch_loss / n_visits
+        mean_loss = epoch_loss / to([p.n for p in live])
         improved = ~(mean_loss > best - recipe.tol)
-        run_t = torch.from_numpy(running).to(dev)
-        stale = torch.where(run_t, torch.where(improved, 0, stale + 1), stale)
-        best = torch.where(run_t, torch.minimum(best, mean_loss), best)
-        epochs[running] += 1
-        running &= (stale <= recipe.n_iter_no_change).cpu().numpy()
-        if not running.any():
+        stale = torch.where(improved, 0, stale + 1)
+        best = torch.minimum(best, mean_loss)
+        epochs[alive] += 1
+        going = (stale <= recipe.n_iter_no_change).cpu().numpy()
+        if not going.all():
+            final[alive[~going]] = theta[to(~going, torch.bool)].cpu().numpy()
+            keep = to(np.flatnonzero(going), torch.long)
+            theta, m1, m2 = theta[keep], m1[keep], m2[keep]
+            best, stale, t, alive = best[keep], stale[keep], t[going], alive[going]
+        if not len(alive):
             break
+    final[alive] = theta.cpu().numpy()
 
-    W_out = [W.transpose(1, 2).cpu().numpy() for W in Wt]
-    b_out = [b[:, :, 0].cpu().numpy() for b in bias]
-    return [MLPModel(tuple(np.ascontiguousarray(W[k]) for W in W_out), tuple(b[k] for b in b_out),
+    Wt, bias = _layer_views(torch.from_numpy(final), sizes)
+    W_out = [W.transpose(1, 2).numpy() for W in Wt]
+    b_out = [b[:, :, 0].numpy() for b in bias]
+    return [MLPModel(tuple(np.ascontiguousarray(W[k]) for W in W_out), tuple(b[k].copy() for b in b_out),
                      n_classes, int(epochs[k])) for k in range(K)]
 
 
