@@ -22,6 +22,7 @@ from bench import __version__, datasets, models
 from bench.metrics import filtering_metrics, trial_metrics
 from bench.scenarios import ScenarioSpec
 from bench.seeding import derive_seed
+from bench.batching import FitBatcher
 from bench.store import Store, TrialRow
 from bench.subpops import FINDERS, Subpopulations
 from defenses import Defense, DefenseInput, Sanitized
@@ -97,11 +98,15 @@ class Scenario:
         return derive_seed(self.spec.hash, target, alpha, trial, "victim")
 
 
-def apply_defense(defense: Defense, X, y, n_classes, recipe, budget, seed):
+def apply_defense(defense: Defense, X, y, n_classes, recipe, budget, seed, fitter=None):
     """Run the defense on (X, y) shuffled (so position reveals nothing), return
-    ``("weights", Sanitized)`` or ``("model", model)`` in the original order."""
+    ``("weights", Sanitized)`` or ``("model", model)`` in the original order.
+
+    ``fitter(jobs, order)``, when given, trains jobs whose weights follow the shuffled ``order``
+    (the runner's batched path); otherwise the recipe trains them directly."""
     order = np.random.default_rng(seed).permutation(len(y))
-    data = DefenseInput(X[order], y[order], n_classes, recipe, budget, seed)
+    data = DefenseInput(X[order], y[order], n_classes, recipe, budget, seed,
+                        None if fitter is None else (lambda jobs: fitter(jobs, order)))
     if hasattr(defense, "fit"):
         return "model", defense.fit(data)
     result = defense.sanitize(data)
@@ -140,26 +145,157 @@ class _Failure(Exception):
     """A defense's error, recorded as the trial's outcome."""
 
 
-def _sanitize_or_model(sc: Scenario, defense: Defense, X, y, budget, seed):
-    try:
-        return apply_defense(defense, X, y, sc.splits.n_classes, sc.recipe, budget, seed)
-    except Exception as err:  # a defense must not take the run down
-        where = traceback.extract_tb(err.__traceback__)[-1]
-        raise _Failure(f"{type(err).__name__}: {err} ({where.filename}:{where.lineno})") from err
+def _failure(err: BaseException) -> _Failure:
+    where = traceback.extract_tb(err.__traceback__)[-1] if err.__traceback__ else None
+    place = f" ({where.filename}:{where.lineno})" if where else ""
+    return _Failure(f"{type(err).__name__}: {err}{place}")
 
 
 def _correct(sc: Scenario, fitted) -> np.ndarray:
     return fitted.predict(sc.splits.test.X) == sc.splits.test.y
 
 
-def blind_clean_correct(sc: Scenario, defense: Defense) -> np.ndarray:
-    """Test correctness (clean_models, n_test) of the defense applied to D alone, no hint; the
-    recipe seeds are those of the clean models, so a defense that keeps everything costs 0."""
-    key = defense_id(defense)
+class _Pool:
+    """D followed by the poison sets of a chunk; maps a defense's jobs onto pool rows."""
+
+    def __init__(self, D, sets):
+        self.n = len(D)
+        self.sizes = [len(yp) for _, yp in sets]
+        self.offsets = np.cumsum([self.n] + self.sizes)[:-1]
+        self.X = np.vstack([D.X] + [Xp for Xp, _ in sets])
+        self.y = np.concatenate([D.y] + [yp for _, yp in sets])
+
+    def rows(self, i: int | None) -> np.ndarray:
+        """Pool rows of D ∪ D_p(i) in local order (D only when ``i`` is None)."""
+        if i is None:
+            return np.arange(self.n)
+        return np.concatenate([np.arange(self.n), self.offsets[i] + np.arange(self.sizes[i])])
+
+    def job(self, rows: np.ndarray, weights, labels, seed: int) -> models.TrainJob:
+        w = np.zeros(len(self.y))
+        w[rows] = weights
+        pool_labels = None
+        if labels is not None:
+            pool_labels = self.y.copy()
+            pool_labels[rows] = labels
+        return models.TrainJob(w, seed, pool_labels)
+
+
+def _defend(sc: Scenario, defense: Defense, pool: _Pool, i: int | None, budget, seed):
+    """A task for the batcher: the defense on D ∪ D_p(i) (or D alone), its fits batched."""
+    rows = pool.rows(i)
+
+    def task(batched_fit):
+        def fitter(jobs, order):
+            return batched_fit([pool.job(rows[order], j.weights, j.labels, j.seed) for j in jobs])
+
+        return apply_defense(defense, pool.X[rows], pool.y[rows], sc.splits.n_classes, sc.recipe,
+                             budget, seed, fitter)
+
+    return task
+
+
+def run_chunk(sc: Scenario, defense: Defense, track: str, trials: list[tuple[int, float, int]],
+              env: str) -> list[TrialRow]:
+    """Attack, defend, train and measure ``trials`` of one (scenario, defense, track); returns one
+    row per trial, failed trials included.
+
+    The defenses of all trials run together (their own fits batched by a :class:`FitBatcher`),
+    then all victims are trained in one ``fit_many`` over a pool of D and the chunk's poisons.
+    """
+    spec, D = sc.spec, sc.splits.train
+    did = defense_id(defense)
+    informed = track == "informed"
+    pool = _Pool(D, [sc.poison(*g) for g in trials])
+    batcher = FitBatcher(lambda jobs: sc.recipe.fit_many(pool.X, pool.y, sc.splits.n_classes, jobs))
+
+    tasks, keys = [], []
+    for i, (target, alpha, trial) in enumerate(trials):
+        tasks.append(_defend(sc, defense, pool, i, pool.sizes[i] if informed else None,
+                             derive_seed(spec.hash, target, alpha, trial, did, track)))
+        keys.append(("poisoned", i))
+    # The defense on clean D: blind once per scenario; informed once per (target, alpha), with
+    # the hint m of those trials.
+    clean_keys = sorted({(did, t, a) for t, a, _ in trials}) if informed else [(did,)]
+    for key in clean_keys:
+        if key not in sc.clean_costs:
+            budget = attacks.poison_count(key[2], sc.target_size(key[1])) if informed else None
+            tasks.append(_defend(sc, defense, pool, None, budget,
+                                 derive_seed(spec.hash, *key[1:], did, "clean")))
+            keys.append(("clean", key))
+    t0 = time.time()
+    outcomes = dict(zip(keys, batcher.run(tasks)))
+    defense_s = (time.time() - t0) / max(len(trials), 1)
+    for (kind, key), out in outcomes.items():
+        if kind == "clean":
+            sc.clean_costs[key] = _failure(out) if isinstance(out, BaseException) else out
+    for out in outcomes.values():
+        if isinstance(out, KeyboardInterrupt):
+            raise out
+
+    jobs: list[models.TrainJob] = []
+    plans = []
+    for i, (target, alpha, trial) in enumerate(trials):
+        seed = sc.victim_seed(target, alpha, trial)
+        rows = pool.rows(i)
+        plan = {"trial": (target, alpha, trial), "m": pool.sizes[i], "seed": seed, "error": None}
+        out = outcomes[("poisoned", i)]
+        clean = sc.clean_costs[(did, target, alpha) if informed else (did,)]
+        failure = out if isinstance(out, BaseException) else clean if isinstance(clean, _Failure) else None
+        if failure is not None:
+            plan["error"] = str(failure if isinstance(failure, _Failure) else _failure(failure))
+            plans.append(plan)
+            continue
+        kind, result = out
+        if kind == "model":
+            plan["pois"] = _correct(sc, result)
+        else:
+            plan["weights"] = result.weights
+            plan["job"] = len(jobs)
+            jobs.append(pool.job(rows, result.weights, result.labels, seed))
+        if informed:
+            ckind, cresult = clean
+            if ckind == "model":
+                plan["def_clean"] = _correct(sc, cresult)[None]
+            else:
+                plan["def_job"] = len(jobs)
+                jobs.append(pool.job(pool.rows(None), cresult.weights, cresult.labels, seed))
+        else:
+            plan["def_clean"] = blind_clean_correct(sc, did)
+        plans.append(plan)
+
+    t0 = time.time()
+    fitted = sc.recipe.fit_many(pool.X, pool.y, sc.splits.n_classes, jobs) if jobs else []
+    train_s = (time.time() - t0) / max(len(trials), 1)
+    correct = [_correct(sc, f) for f in fitted]
+
+    rows_out = []
+    for plan in plans:
+        target, alpha, trial = plan["trial"]
+        metrics, status = {}, "failed"
+        if plan["error"] is None:
+            pois = correct[plan["job"]] if "job" in plan else plan["pois"]
+            def_clean = correct[plan["def_job"]][None] if "def_job" in plan else plan["def_clean"]
+            metrics = _metrics(sc, target, plan["m"], pois, def_clean, plan.get("weights"))
+            status = "ok"
+        rows_out.append(TrialRow(
+            key=trial_key(spec, target, alpha, trial, defense, track), scenario=spec.id,
+            scenario_hash=spec.hash, target=target, target_name=sc.subpops.names[target],
+            alpha=alpha, trial=trial, defense=defense.name, defense_version=defense.version,
+            defense_params=json.dumps(defense.hyperparameters(), sort_keys=True, default=str),
+            track=track, seed=plan["seed"], status=status, error=plan["error"], metrics=metrics,
+            runtime_s=defense_s + train_s,
+            timing={"defense_s": defense_s, "train_s": train_s}, environment=env))
+    return rows_out
+
+
+def blind_clean_correct(sc: Scenario, did: str) -> np.ndarray:
+    """Test correctness (clean_models, n_test) of the blind defense applied to D alone, trained
+    with the clean models' seeds (a defense that keeps everything costs exactly 0). Cached."""
+    key = (did, "correct")
     if key not in sc.clean_costs:
+        kind, out = sc.clean_costs[(did,)]
         D = sc.splits.train
-        kind, out = _sanitize_or_model(sc, defense, D.X, D.y, None,
-                                       derive_seed(sc.spec.hash, defense_id(defense), "clean"))
         if kind == "model":
             sc.clean_costs[key] = _correct(sc, out)[None]
         elif np.all(out.weights == 1) and out.labels is None:
@@ -169,104 +305,6 @@ def blind_clean_correct(sc: Scenario, defense: Defense) -> np.ndarray:
             fitted = sc.recipe.fit_many(D.X, D.y, sc.splits.n_classes, jobs)
             sc.clean_costs[key] = np.stack([_correct(sc, f) for f in fitted])
     return sc.clean_costs[key]
-
-
-def informed_clean_defense(sc: Scenario, defense: Defense, target: int, alpha: float, m: int):
-    """The defense applied to D alone with hint m; shared by the trials of (target, alpha)."""
-    key = (defense_id(defense), target, alpha)
-    if key not in sc.clean_costs:
-        D = sc.splits.train
-        try:
-            sc.clean_costs[key] = _sanitize_or_model(
-                sc, defense, D.X, D.y, m, derive_seed(sc.spec.hash, target, alpha, key[0], "clean"))
-        except _Failure as err:
-            sc.clean_costs[key] = err
-    if isinstance(sc.clean_costs[key], _Failure):
-        raise sc.clean_costs[key]
-    return sc.clean_costs[key]
-
-
-def run_chunk(sc: Scenario, defense: Defense, track: str, trials: list[tuple[int, float, int]],
-              env: str) -> list[TrialRow]:
-    """Attack, defend, train (one batched ``fit_many``) and measure ``trials`` of one
-    (scenario, defense, track); returns one row per trial, failed trials included."""
-    spec, D = sc.spec, sc.splits.train
-    n = len(D)
-    did = defense_id(defense)
-    informed = track == "informed"
-    sets = [sc.poison(*g) for g in trials]
-    offsets = np.cumsum([n] + [len(yp) for _, yp in sets])
-    X_pool = np.vstack([D.X] + [Xp for Xp, _ in sets])
-    y_pool = np.concatenate([D.y] + [yp for _, yp in sets])
-    jobs: list[models.TrainJob] = []
-    plans = []
-    for (target, alpha, trial), (Xp, yp), off in zip(trials, sets, offsets):
-        t0 = time.time()
-        m = len(yp)
-        seed = sc.victim_seed(target, alpha, trial)
-        plan = {"trial": (target, alpha, trial), "m": m, "seed": seed, "error": None}
-        try:
-            if not informed:
-                plan["def_clean"] = blind_clean_correct(sc, defense)
-            kind, out = _sanitize_or_model(
-                sc, defense, np.vstack([D.X, Xp]), np.concatenate([D.y, yp]),
-                m if informed else None, derive_seed(spec.hash, target, alpha, trial, did, track))
-            if kind == "model":
-                plan["pois"] = _correct(sc, out)
-            else:
-                plan["weights"] = out.weights
-                plan["job"] = len(jobs)
-                jobs.append(_pool_job(out, n, off, y_pool, seed))
-            if informed:
-                dkind, dout = informed_clean_defense(sc, defense, target, alpha, m)
-                if dkind == "model":
-                    plan["def_clean"] = _correct(sc, dout)[None]
-                else:
-                    plan["def_job"] = len(jobs)
-                    jobs.append(_pool_job(dout, n, n, y_pool, seed))
-        except _Failure as err:
-            plan["error"] = str(err)
-        plan["defense_s"] = time.time() - t0
-        plans.append(plan)
-
-    t0 = time.time()
-    fitted = sc.recipe.fit_many(X_pool, y_pool, sc.splits.n_classes, jobs) if jobs else []
-    train_s = (time.time() - t0) / max(len(trials), 1)
-    correct = [_correct(sc, f) for f in fitted]
-
-    rows = []
-    for plan in plans:
-        target, alpha, trial = plan["trial"]
-        metrics, status = {}, "failed"
-        if plan["error"] is None:
-            pois = correct[plan["job"]] if "job" in plan else plan["pois"]
-            def_clean = correct[plan["def_job"]][None] if "def_job" in plan else plan["def_clean"]
-            metrics = _metrics(sc, target, plan["m"], pois, def_clean, plan.get("weights"))
-            status = "ok"
-        rows.append(TrialRow(
-            key=trial_key(spec, target, alpha, trial, defense, track), scenario=spec.id,
-            scenario_hash=spec.hash, target=target, target_name=sc.subpops.names[target],
-            alpha=alpha, trial=trial, defense=defense.name, defense_version=defense.version,
-            defense_params=json.dumps(defense.hyperparameters(), sort_keys=True, default=str),
-            track=track, seed=plan["seed"], status=status, error=plan["error"], metrics=metrics,
-            runtime_s=plan["defense_s"] + train_s,
-            timing={"defense_s": plan["defense_s"], "train_s": train_s}, environment=env))
-    return rows
-
-
-def _pool_job(out: Sanitized, n: int, offset: int, y_pool: np.ndarray, seed: int) -> models.TrainJob:
-    """Place a sanitized set of D (n rows) plus poisons (the rest) into the pool, poisons at
-    ``offset``."""
-    k = len(out.weights) - n
-    weights = np.zeros(len(y_pool))
-    weights[:n] = out.weights[:n]
-    weights[offset:offset + k] = out.weights[n:]
-    labels = None
-    if out.labels is not None:
-        labels = y_pool.copy()
-        labels[:n] = out.labels[:n]
-        labels[offset:offset + k] = out.labels[n:]
-    return models.TrainJob(weights, seed, labels)
 
 
 @dataclass

@@ -76,7 +76,7 @@ ADULT_TARGETS = TargetRule(min_aux=10, max_aux=100, min_test=1)
 
 register_suite("quick", [
     ScenarioSpec("digits", "mlp", "clustermatch", "label-flip", alphas=(1.0, 2.0), trials=1,
-                 clean_models=1, model_params=freeze({"hidden": (32,)}),
+                 clean_models=1, model_params=freeze({"hidden": (32,), "lr": 0.01}),
                  finder_params=freeze({"k": 20}),
                  attack_params=freeze({"rule": "least-frequent"})),
 ])

@@ -13,10 +13,11 @@ the victim recipe, and the budget hint of the track.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, is_dataclass
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import numpy as np
 
+from bench.models import TrainJob
 from bench.registry import Registry
 
 DEFENSES: Registry = Registry("defense")
@@ -31,6 +32,8 @@ class DefenseInput:
     ``recipe``: the victim's model recipe (``fit``, ``fit_many``; fitted models have ``embed``).
     ``budget``: informed track, the exact number of poisons m; blind track, None.
     ``seed``: for any randomness of the defense.
+    ``fitter``: set by the runner to train the jobs of many trials together; defenses never use
+    it directly, they call ``fit_recipe`` or ``fit_many``.
     """
 
     X: np.ndarray
@@ -39,10 +42,19 @@ class DefenseInput:
     recipe: object
     budget: int | None
     seed: int
+    fitter: Callable[[list], list] | None = None
 
-    def fit_recipe(self, weights: np.ndarray | None = None):
-        """Train the victim recipe on the (re-weighted) training set."""
-        return self.recipe.fit(self.X, self.y, self.n_classes, sample_weight=weights, seed=self.seed)
+    def fit_recipe(self, weights: np.ndarray | None = None, labels: np.ndarray | None = None):
+        """Train the victim recipe on the training set, optionally re-weighted (n,) or
+        relabelled (n,); seeded with ``seed``."""
+        w = np.ones(len(self.y)) if weights is None else weights
+        return self.fit_many([TrainJob(w, self.seed, labels)])[0]
+
+    def fit_many(self, jobs: list[TrainJob]) -> list:
+        """Train one model per :class:`bench.models.TrainJob` (weights over this training set)."""
+        if self.fitter is None:
+            return self.recipe.fit_many(self.X, self.y, self.n_classes, jobs)
+        return self.fitter(jobs)
 
 
 @dataclass(frozen=True, eq=False)

@@ -29,7 +29,7 @@ def out_of_fold_proba(data: DefenseInput, n_folds: int) -> np.ndarray:
         weights[test] = 0.0
         jobs.append(TrainJob(weights, derive_seed(data.seed, "cleanlab", i)))
     # One batched call: the recipe trains the folds side by side over the shared pool.
-    models = data.recipe.fit_many(data.X, data.y, data.n_classes, jobs)
+    models = data.fit_many(jobs)
     proba = np.zeros((len(data.y), data.n_classes))
     for model, test in zip(models, folds):
         proba[test] = model.predict_proba(data.X[test])
@@ -69,14 +69,21 @@ class Cleanlab(Defense):
         y = np.asarray(data.y)
         keep = np.ones(len(y), dtype=bool)
         # n_jobs=1: a cleanlab process pool would compete with the runner's own workers.
+        def issues(**kwargs):
+            try:
+                return find_label_issues(y, proba, filter_by=self.filter_by, n_jobs=1, **kwargs)
+            except ValueError:
+                # cleanlab 2.9's prune_by_noise_rate can fail on a class whose estimated noise
+                # count exceeds its size (seen on small digits clusters); confident_learning,
+                # the other standard filter, has no such step.
+                return find_label_issues(y, proba, filter_by="confident_learning", n_jobs=1, **kwargs)
+
         if data.budget is None:
-            keep[find_label_issues(y, proba, filter_by=self.filter_by, n_jobs=1)] = False
+            keep[issues()] = False
             return Sanitized.keep(keep)
         if data.budget <= 0:
             return Sanitized.keep(keep)
-        ranked = np.asarray(find_label_issues(y, proba, filter_by=self.filter_by,
-                                              return_indices_ranked_by="self_confidence", n_jobs=1),
-                            dtype=np.int64)
+        ranked = np.asarray(issues(return_indices_ranked_by="self_confidence"), dtype=np.int64)
         if len(ranked) < data.budget:
             flagged = np.zeros(len(y), dtype=bool)
             flagged[ranked] = True

@@ -69,5 +69,5 @@ class DPA(Defense):
         part = partition(data.X, self.k)
         jobs = [TrainJob((part == i).astype(np.float64), data.seed + i)
                 for i in range(self.k) if (part == i).any()]
-        models = data.recipe.fit_many(data.X, data.y, data.n_classes, jobs)
+        models = data.fit_many(jobs)
         return PartitionVote(tuple(models), data.n_classes)

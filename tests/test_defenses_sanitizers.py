@@ -395,6 +395,30 @@ def test_cleanlab_informed_fills_the_budget_by_self_confidence(monkeypatch):
     assert removed(CleanlabDefense().sanitize(blind)).tolist() == [4]
 
 
+def test_cleanlab_falls_back_to_confident_learning_when_pruning_fails(monkeypatch):
+    """cleanlab's prune_by_noise_rate can raise ValueError on small classes; the defense then
+    uses the confident_learning filter instead of failing the trial."""
+    import cleanlab.filter
+
+    real = cleanlab.filter.find_label_issues
+    calls = []
+
+    def flaky(labels, pred_probs, filter_by, **kwargs):
+        calls.append(filter_by)
+        if filter_by == "prune_by_noise_rate":
+            raise ValueError("cannot assign 65 input values to the 95 output values")
+        return real(labels, pred_probs, filter_by=filter_by, **kwargs)
+
+    y = np.repeat([0, 1], 30)
+    proba = np.where(y[:, None] == np.arange(2), 0.9, 0.1)
+    proba[4] = [0.02, 0.98]
+    monkeypatch.setattr(defenses.cleanlab_defense, "out_of_fold_proba", lambda data, folds: proba)
+    monkeypatch.setattr(cleanlab.filter, "find_label_issues", flaky)
+    blind = DefenseInput(np.zeros((60, 2), np.float32), y, 2, LOGREG, None, 0)
+    assert removed(CleanlabDefense().sanitize(blind)).tolist() == [4]
+    assert calls == ["prune_by_noise_rate", "confident_learning"]
+
+
 # ---------------------------------------------------------------------- through the runner
 
 @pytest.mark.parametrize("name", ["slab", "loss", "svd", "knn-distance", "deep-knn",
