@@ -61,23 +61,31 @@ class Scenario:
     subpops: Subpopulations
     targets: np.ndarray
     recipe: object
-    clean_correct: np.ndarray  # (clean_models, n_test) bool
     clean_seeds: list[int]
     poisons: dict = field(default_factory=dict)
     clean_costs: dict = field(default_factory=dict)
+    _clean_correct: np.ndarray | None = None
 
     @classmethod
     def prepare(cls, spec: ScenarioSpec, data_root=None) -> "Scenario":
+        """Splits, subpopulations and targets; the clean models are trained on first use."""
         splits = datasets.load(spec.dataset, seed=spec.seed, data_root=data_root)
         finder = FINDERS.get(spec.finder)(**dict(spec.finder_params))
         subpops = finder.find(splits, seed=spec.seed)
         targets = spec.target_rule.select(subpops)
         recipe = models.make(spec.model, **dict(spec.model_params))
         seeds = [derive_seed(spec.hash, "clean", i) for i in range(spec.clean_models)]
-        clean = recipe.fit_many(splits.train.X, splits.train.y, splits.n_classes,
-                                [models.TrainJob(np.ones(len(splits.train)), s) for s in seeds])
-        correct = np.stack([m.predict(splits.test.X) == splits.test.y for m in clean])
-        return cls(spec, splits, subpops, targets, recipe, correct, seeds)
+        return cls(spec, splits, subpops, targets, recipe, seeds)
+
+    @property
+    def clean_correct(self) -> np.ndarray:
+        """Test correctness (clean_models, n_test) of the recipe trained on D."""
+        if self._clean_correct is None:
+            D = self.splits.train
+            clean = self.recipe.fit_many(D.X, D.y, self.splits.n_classes,
+                                         [models.TrainJob(np.ones(len(D)), s) for s in self.clean_seeds])
+            self._clean_correct = np.stack([_correct(self, m) for m in clean])
+        return self._clean_correct
 
     def target_size(self, target: int) -> int:
         return int((self.subpops.aux == target).sum())
@@ -333,28 +341,30 @@ def run(specs: list[ScenarioSpec], defense_list: list[Defense], tracks=("informe
     for spec in specs:
         summary.scenarios.append(spec.id)
         stored = store.keys(spec.id) if store is not None else set()
-        sc = None
+        bar.set_description(f"{spec.id}: preparing")
+        sc = Scenario.prepare(spec, data_root)
+        grid = [(int(t), a, r) for t in sc.targets for a in spec.alphas for r in range(spec.trials)]
+        work = []
         for defense in defense_list:
             for track in tracks_for(defense, tuple(tracks)):
-                if sc is None:
-                    bar.set_description(f"{spec.id}: preparing")
-                    sc = Scenario.prepare(spec, data_root)
-                    log(f"{spec.id}: {len(sc.targets)} targets, {len(sc.splits.train)} training points, "
-                        f"clean accuracy {sc.clean_correct.mean():.3f}")
-                grid = [(int(t), a, r) for t in sc.targets for a in spec.alphas for r in range(spec.trials)]
                 pending = [g for g in grid if trial_key(spec, *g, defense, track) not in stored]
                 summary.skipped += len(grid) - len(pending)
-                if not pending:
-                    continue
-                bar.total += len(pending)
-                bar.set_description(f"{spec.id} {defense.name}/{track}")
-                for i in range(0, len(pending), chunk_size):
-                    rows = run_chunk(sc, defense, track, pending[i:i + chunk_size], env)
-                    if store is not None:
-                        store.add(rows)
-                    summary.ran += len(rows)
-                    summary.failed += sum(r.status != "ok" for r in rows)
-                    bar.update(len(rows))
+                if pending:
+                    work.append((defense, track, pending))
+        if not work:
+            continue
+        bar.total += sum(len(p) for _, _, p in work)
+        log(f"{spec.id}: {len(sc.targets)} targets, {len(sc.splits.train)} training points, "
+            f"clean accuracy {sc.clean_correct.mean():.3f}")
+        for defense, track, pending in work:
+            bar.set_description(f"{spec.id} {defense.name}/{track}")
+            for i in range(0, len(pending), chunk_size):
+                rows = run_chunk(sc, defense, track, pending[i:i + chunk_size], env)
+                if store is not None:
+                    store.add(rows)
+                summary.ran += len(rows)
+                summary.failed += sum(r.status != "ok" for r in rows)
+                bar.update(len(rows))
     bar.close()
     summary.seconds = time.time() - start
     return summary
