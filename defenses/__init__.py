@@ -82,6 +82,25 @@ class Defense:
         return asdict(self) if is_dataclass(self) else {}
 
 
+@dataclass(frozen=True)
+class ScoreFilter(Defense):
+    """Base of the sanitizers that score every point and drop the highest scores: informed
+    track, the ``budget`` highest overall; blind track, the ``blind_fraction`` highest of each
+    class. A subclass implements ``score(data) -> (n,)`` (higher is more suspicious)."""
+
+    blind_fraction: float = 0.05
+
+    def __post_init__(self):
+        if not 0 <= self.blind_fraction < 1:
+            raise ValueError(f"blind_fraction must be in [0, 1), got {self.blind_fraction}")
+
+    def score(self, data: DefenseInput) -> np.ndarray:
+        raise NotImplementedError
+
+    def sanitize(self, data: DefenseInput) -> Sanitized:
+        return Sanitized.keep(remove_top(self.score(data), data.y, data.budget, self.blind_fraction))
+
+
 def remove_top(scores: np.ndarray, y: np.ndarray, budget: int | None, blind_fraction: float) -> np.ndarray:
     """Keep mask (n,) that drops the highest ``scores``: the top ``budget`` overall (informed
     track, so the classes share the budget by score) or the top ``blind_fraction`` of each

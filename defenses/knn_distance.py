@@ -8,12 +8,12 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.neighbors import NearestNeighbors
 
-from defenses import DEFENSES, Defense, DefenseInput, Sanitized, remove_top
+from defenses import DEFENSES, DefenseInput, ScoreFilter
 
 
 @DEFENSES.register("knn-distance")
 @dataclass(frozen=True)
-class KNNDistance(Defense):
+class KNNDistance(ScoreFilter):
     """Score = sum of the Euclidean distances from x to its ``k`` nearest other training points
     (any class, the point itself excluded) in the model inputs ``X`` (n, d); one score per
     point (n,). ``k`` is capped at n - 1 on tiny training sets.
@@ -25,13 +25,11 @@ class KNNDistance(Defense):
     name = "knn-distance"
     version = "1"
     k: int = 5
-    blind_fraction: float = 0.05
 
     def __post_init__(self):
         if isinstance(self.k, bool) or not isinstance(self.k, (int, np.integer)) or self.k < 1:
             raise ValueError(f"k must be an integer >= 1, got {self.k!r}")
-        if not 0 <= self.blind_fraction < 1:
-            raise ValueError(f"blind_fraction must be in [0, 1), got {self.blind_fraction}")
+        super().__post_init__()
 
     def score(self, data: DefenseInput) -> np.ndarray:
         """Outlier score (n,) of each training point; higher is more suspicious."""
@@ -44,6 +42,3 @@ class KNNDistance(Defense):
         # hold the twin rather than the point itself.
         dist, _ = NearestNeighbors(n_neighbors=min(self.k, n - 1)).fit(X).kneighbors()
         return dist.sum(1)
-
-    def sanitize(self, data: DefenseInput) -> Sanitized:
-        return Sanitized.keep(remove_top(self.score(data), data.y, data.budget, self.blind_fraction))

@@ -9,12 +9,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from defenses import DEFENSES, Defense, DefenseInput, Sanitized, remove_top
+from defenses import DEFENSES, DefenseInput, ScoreFilter
 
 
 @DEFENSES.register("slab")
 @dataclass(frozen=True)
-class Slab(Defense):
+class Slab(ScoreFilter):
     """Score = |<x - mu_y, v_y>| on the model inputs ``X`` (n, d), one score per point (n,).
 
     ``mu_y`` is the centroid of the point's own class and ``v_y`` the unit vector from the
@@ -28,11 +28,6 @@ class Slab(Defense):
 
     name = "slab"
     version = "1"
-    blind_fraction: float = 0.05
-
-    def __post_init__(self):
-        if not 0 <= self.blind_fraction < 1:
-            raise ValueError(f"blind_fraction must be in [0, 1), got {self.blind_fraction}")
 
     def score(self, data: DefenseInput) -> np.ndarray:
         """Outlier score (n,) of each training point; higher is more suspicious."""
@@ -51,6 +46,3 @@ class Slab(Defense):
                 # distances from the centre compete on the same scale.
                 scores[rows] = np.abs((X[rows] - mu) @ (v / norm))
         return scores
-
-    def sanitize(self, data: DefenseInput) -> Sanitized:
-        return Sanitized.keep(remove_top(self.score(data), data.y, data.budget, self.blind_fraction))

@@ -1,7 +1,9 @@
 """Sphere: drop the points farthest from their class centroid (Koh, Steinhardt & Liang 2018).
 
-This is the example to copy when adding a sanitizer: a frozen dataclass whose fields are the
-hyper-parameters, registered under its name, with one ``sanitize`` method.
+This is the example to copy when adding a sanitizer that scores points: a frozen dataclass
+whose fields are the hyper-parameters (``blind_fraction`` comes from :class:`ScoreFilter`),
+registered under its name, with one ``score`` method. ``ScoreFilter`` turns the scores into the
+removals of both tracks.
 """
 from __future__ import annotations
 
@@ -9,12 +11,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from defenses import DEFENSES, Defense, DefenseInput, Sanitized, remove_top
+from defenses import DEFENSES, DefenseInput, ScoreFilter
 
 
 @DEFENSES.register("sphere")
 @dataclass(frozen=True)
-class Sphere(Defense):
+class Sphere(ScoreFilter):
     """Score = Euclidean distance to the centroid of the point's own class (model inputs).
 
     Informed track: remove the ``budget`` highest scores overall. Blind track: remove the
@@ -23,15 +25,11 @@ class Sphere(Defense):
 
     name = "sphere"
     version = "1"
-    blind_fraction: float = 0.05
 
-    def __post_init__(self):
-        if not 0 <= self.blind_fraction < 1:
-            raise ValueError(f"blind_fraction must be in [0, 1), got {self.blind_fraction}")
-
-    def sanitize(self, data: DefenseInput) -> Sanitized:
+    def score(self, data: DefenseInput) -> np.ndarray:
+        """Distance (n,) of each point to its class centroid."""
         scores = np.zeros(len(data.y))
         for c in np.unique(data.y):
             rows = data.y == c
             scores[rows] = np.linalg.norm(data.X[rows] - data.X[rows].mean(0), axis=1)
-        return Sanitized.keep(remove_top(scores, data.y, data.budget, self.blind_fraction))
+        return scores

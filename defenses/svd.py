@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 
-from defenses import DEFENSES, Defense, DefenseInput, Sanitized, remove_top
+from defenses import DEFENSES, DefenseInput, ScoreFilter
 
 
 def low_rank_residuals(X: np.ndarray, y: np.ndarray, energy: float) -> np.ndarray:
@@ -31,7 +31,7 @@ def low_rank_residuals(X: np.ndarray, y: np.ndarray, energy: float) -> np.ndarra
 
 @DEFENSES.register("svd")
 @dataclass(frozen=True)
-class SVD(Defense):
+class SVD(ScoreFilter):
     """Score = norm of x - mu_y outside the subspace spanned by the top right-singular vectors
     of the class-centred inputs ``X`` (n, d) that capture ``energy`` of the squared singular
     values, together with the class means; one score per point (n,).
@@ -46,17 +46,12 @@ class SVD(Defense):
     name = "svd"
     version = "1"
     energy: float = 0.95
-    blind_fraction: float = 0.05
 
     def __post_init__(self):
         if not 0 < self.energy <= 1:
             raise ValueError(f"energy must be in (0, 1], got {self.energy}")
-        if not 0 <= self.blind_fraction < 1:
-            raise ValueError(f"blind_fraction must be in [0, 1), got {self.blind_fraction}")
+        super().__post_init__()
 
     def score(self, data: DefenseInput) -> np.ndarray:
         """Outlier score (n,) of each training point; higher is more suspicious."""
         return low_rank_residuals(data.X, data.y, self.energy)
-
-    def sanitize(self, data: DefenseInput) -> Sanitized:
-        return Sanitized.keep(remove_top(self.score(data), data.y, data.budget, self.blind_fraction))
