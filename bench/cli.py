@@ -50,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     _common(run)
     run.add_argument("--chunk-size", type=int, default=64, metavar="N",
                      help="trials trained together in one batch (default 64)")
+    run.add_argument("--executor", choices=("sequential", "process", "ray"), default="sequential",
+                     help="where chunks run: this process (default), a local process pool, or Ray")
+    run.add_argument("--workers", type=int, default=2, metavar="N",
+                     help="processes for --executor process (default 2); CPUs of a local Ray cluster")
+    run.add_argument("--address", metavar="A",
+                     help="Ray cluster address for --executor ray (default: start a local cluster)")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     board = sub.add_parser("leaderboard", help="print the leaderboard of a result store")
@@ -90,6 +96,7 @@ def _specs(suite: str | None, scenario_ids: list[str]):
 
 def cmd_run(args) -> int:
     import defenses
+    from bench import executors
     from bench.runner import run
     from bench.store import Store
     from leaderboard import aggregate, render
@@ -99,8 +106,9 @@ def cmd_run(args) -> int:
     chosen = [defenses.make(n) for n in names]
     tracks = ("informed", "blind") if args.track == "both" else (args.track,)
     with Store(args.store) as store:
+        executor = executors.make(args.executor, args.workers, args.address)
         summary = run(specs, chosen, tracks, store, args.data_root, chunk_size=args.chunk_size,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, executor=executor)
         print(f"ran {summary.ran} trials ({summary.failed} failed), skipped {summary.skipped} "
               f"already stored, in {summary.seconds:.1f} s; store: {args.store}", file=sys.stderr)
         rows = [r for r in store.rows() if r["scenario"] in summary.scenarios and r["defense"] in names]

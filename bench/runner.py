@@ -18,7 +18,7 @@ import numpy as np
 
 import attacks
 import defenses
-from bench import __version__, datasets, models
+from bench import __version__, datasets, executors, models
 from bench.metrics import filtering_metrics, trial_metrics
 from bench.scenarios import ScenarioSpec
 from bench.seeding import derive_seed
@@ -326,8 +326,11 @@ class RunSummary:
 
 def run(specs: list[ScenarioSpec], defense_list: list[Defense], tracks=("informed", "blind"),
         store: Store | None = None, data_root=None, chunk_size: int = 64, progress: bool = True,
-        log=None) -> RunSummary:
+        log=None, executor=None) -> RunSummary:
     """Run every (scenario, defense, track) trial not yet in ``store``; returns counts.
+
+    ``executor`` (default in-process, see :mod:`bench.executors`) runs the chunks; the rows of
+    each finished chunk are stored at once, in one transaction, by this process only.
     ``log`` takes one-line messages (default: standard error, above the progress bar)."""
     from tqdm import tqdm
 
@@ -337,34 +340,35 @@ def run(specs: list[ScenarioSpec], defense_list: list[Defense], tracks=("informe
     start = time.time()
     summary = RunSummary()
     env = environment()
+    executor = executor or executors.Sequential()
     bar = tqdm(total=0, unit="trial", disable=not progress, dynamic_ncols=True)
+    units = []
     for spec in specs:
         summary.scenarios.append(spec.id)
         stored = store.keys(spec.id) if store is not None else set()
         bar.set_description(f"{spec.id}: preparing")
-        sc = Scenario.prepare(spec, data_root)
+        sc = executors.scenario(spec, data_root)
         grid = [(int(t), a, r) for t in sc.targets for a in spec.alphas for r in range(spec.trials)]
-        work = []
         for defense in defense_list:
             for track in tracks_for(defense, tuple(tracks)):
                 pending = [g for g in grid if trial_key(spec, *g, defense, track) not in stored]
                 summary.skipped += len(grid) - len(pending)
-                if pending:
-                    work.append((defense, track, pending))
-        if not work:
-            continue
-        bar.total += sum(len(p) for _, _, p in work)
-        log(f"{spec.id}: {len(sc.targets)} targets, {len(sc.splits.train)} training points, "
-            f"clean accuracy {sc.clean_correct.mean():.3f}")
-        for defense, track, pending in work:
-            bar.set_description(f"{spec.id} {defense.name}/{track}")
-            for i in range(0, len(pending), chunk_size):
-                rows = run_chunk(sc, defense, track, pending[i:i + chunk_size], env)
-                if store is not None:
-                    store.add(rows)
-                summary.ran += len(rows)
-                summary.failed += sum(r.status != "ok" for r in rows)
-                bar.update(len(rows))
+                units += [executors.WorkUnit(spec, defense, track, tuple(pending[i:i + chunk_size]),
+                                             None if data_root is None else str(data_root), env)
+                          for i in range(0, len(pending), chunk_size)]
+        log(f"{spec.id}: {len(sc.targets)} targets, {len(sc.splits.train)} training points")
+    bar.total = sum(len(u.trials) for u in units)
+    bar.refresh()
+    try:
+        for rows in executor.map(units):
+            if store is not None:
+                store.add(rows)
+            summary.ran += len(rows)
+            summary.failed += sum(r.status != "ok" for r in rows)
+            bar.set_description(f"{rows[0].scenario} {rows[0].defense}/{rows[0].track}")
+            bar.update(len(rows))
+    finally:
+        executor.close()
     bar.close()
     summary.seconds = time.time() - start
     return summary
