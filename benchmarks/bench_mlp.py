@@ -47,6 +47,23 @@ def main() -> None:
           f"accuracy {np.mean(our_acc):.4f}, epochs {np.mean([m.n_epochs for m in ours]):.0f}")
     print(f"speed-up per model: {sk_time / our_time:.1f}x")
 
+    # Useful arithmetic of the batched trainer: per example and epoch, forward 2*sum(in*out),
+    # weight gradients 2*sum(in*out), input gradients 2*sum(in*out) of every layer but the first.
+    sizes = [X.shape[1], 10, 1]
+    macs = [i * o for i, o in zip(sizes[:-1], sizes[1:])]
+    per_example = 2 * sum(macs) * 2 + 2 * sum(macs[1:])
+    flops = sum(m.n_epochs for m in ours) * len(y) * per_example
+    trainer_rate = flops / (our_time * args.jobs)
+    a = torch.randn(2048, 2048)
+    b = torch.randn(2048, 2048)
+    a @ b
+    t0 = time.perf_counter()
+    for _ in range(5):
+        a @ b
+    gemm_rate = 5 * 2 * 2048 ** 3 / (time.perf_counter() - t0)
+    print(f"batched trainer: {trainer_rate / 1e9:.2f} GFLOP/s; 2048x2048 float32 GEMM: "
+          f"{gemm_rate / 1e9:.1f} GFLOP/s; ratio {trainer_rate / gemm_rate:.1%}")
+
 
 if __name__ == "__main__":
     main()
