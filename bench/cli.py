@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="scenario id to run (repeatable); see `subpop-bench list scenarios`")
     run.add_argument("--defense", action="append", default=[], metavar="NAME",
                      help="defense to run (repeatable; default: every registered defense)")
+    run.add_argument("--alpha", action="append", type=float, default=[], metavar="A",
+                     help="only this poison rate of each scenario (repeatable; default: all)")
     run.add_argument("--track", choices=("informed", "blind", "both"), default="both",
                      help="budget track: informed (told the poison count), blind, or both (default)")
     _common(run)
@@ -108,7 +110,8 @@ def cmd_run(args) -> int:
     with Store(args.store) as store:
         executor = executors.make(args.executor, args.workers, args.address)
         summary = run(specs, chosen, tracks, store, args.data_root, chunk_size=args.chunk_size,
-                      progress=not args.no_progress, executor=executor)
+                      progress=not args.no_progress, executor=executor,
+                      alphas=tuple(args.alpha) or None)
         print(f"ran {summary.ran} trials ({summary.failed} failed), skipped {summary.skipped} "
               f"already stored, in {summary.seconds:.1f} s; store: {args.store}", file=sys.stderr)
         rows = [r for r in store.rows() if r["scenario"] in summary.scenarios and r["defense"] in names]

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import attacks
-import defenses
 from bench import __version__, datasets, executors, models
 from bench.metrics import filtering_metrics, trial_metrics
 from bench.scenarios import ScenarioSpec
@@ -326,8 +325,10 @@ class RunSummary:
 
 def run(specs: list[ScenarioSpec], defense_list: list[Defense], tracks=("informed", "blind"),
         store: Store | None = None, data_root=None, chunk_size: int = 64, progress: bool = True,
-        log=None, executor=None) -> RunSummary:
+        log=None, executor=None, alphas: tuple[float, ...] | None = None) -> RunSummary:
     """Run every (scenario, defense, track) trial not yet in ``store``; returns counts.
+
+    ``alphas``, when given, restricts each scenario to those of its poison rates.
 
     ``executor`` (default in-process, see :mod:`bench.executors`) runs the chunks; the rows of
     each finished chunk are stored at once, in one transaction, by this process only.
@@ -348,7 +349,8 @@ def run(specs: list[ScenarioSpec], defense_list: list[Defense], tracks=("informe
         stored = store.keys(spec.id) if store is not None else set()
         bar.set_description(f"{spec.id}: preparing")
         sc = executors.scenario(spec, data_root)
-        grid = [(int(t), a, r) for t in sc.targets for a in spec.alphas for r in range(spec.trials)]
+        rates = [a for a in spec.alphas if alphas is None or a in alphas]
+        grid = [(int(t), a, r) for t in sc.targets for a in rates for r in range(spec.trials)]
         for defense in defense_list:
             for track in tracks_for(defense, tuple(tracks)):
                 pending = [g for g in grid if trial_key(spec, *g, defense, track) not in stored]

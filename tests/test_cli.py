@@ -140,3 +140,12 @@ def test_fetch_verifies_files_already_there(capsys, tmp_path, monkeypatch, data_
     (dest / "adult.test").write_text("garbage\n")
     assert main(["data", "fetch", "adult"]) == 2
     assert "md5" in capsys.readouterr().err
+
+
+def test_alpha_option_restricts_the_poison_rates(tmp_path):
+    store = str(tmp_path / "a.sqlite")
+    done = cli("run", "--suite", "synthetic", "--defense", "none", "--alpha", "2",
+               "--store", store, "--no-progress")
+    assert done.returncode == 0, done.stderr
+    with Store(store) as s:
+        assert {r["alpha"] for r in s.rows()} == {2.0} and s.count() > 0
