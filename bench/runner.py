@@ -253,22 +253,26 @@ def run_chunk(sc: Scenario, defense: Defense, track: str, trials: list[tuple[int
             plan["error"] = str(failure if isinstance(failure, _Failure) else _failure(failure))
             plans.append(plan)
             continue
-        kind, result = out
-        if kind == "model":
-            plan["pois"] = _correct(sc, result)
-        else:
-            plan["weights"] = result.weights
-            plan["job"] = len(jobs)
-            jobs.append(pool.job(rows, result.weights, result.labels, seed))
-        if informed:
-            ckind, cresult = clean
-            if ckind == "model":
-                plan["def_clean"] = _correct(sc, cresult)[None]
+        try:
+            kind, result = out
+            if kind == "model":
+                plan["pois"] = _correct(sc, result)
             else:
-                plan["def_job"] = len(jobs)
-                jobs.append(pool.job(pool.rows(None), cresult.weights, cresult.labels, seed))
-        else:
-            plan["def_clean"] = blind_clean_correct(sc, did)
+                plan["weights"] = result.weights
+                plan["job"] = len(jobs)
+                jobs.append(pool.job(rows, result.weights, result.labels, seed))
+            if informed:
+                ckind, cresult = clean
+                if ckind == "model":
+                    plan["def_clean"] = _correct(sc, cresult)[None]
+                else:
+                    plan["def_job"] = len(jobs)
+                    jobs.append(pool.job(pool.rows(None), cresult.weights, cresult.labels, seed))
+            else:
+                plan["def_clean"] = blind_clean_correct(sc, did)
+        except Exception as err:  # a returned model that cannot predict fails its trial only
+            plan = {k: v for k, v in plan.items() if k not in ("job", "def_job", "weights")}
+            plan["error"] = str(_failure(err))
         plans.append(plan)
 
     t0 = time.time()

@@ -193,3 +193,27 @@ def test_store_rejects_foreign_files(tmp_path):
     bad.write_bytes(b"this is not a database" * 100)
     with pytest.raises(StoreError, match="not a subpop-bench result store"):
         Store(bad)
+
+
+@dataclass(frozen=True)
+class BadModel(Defense):
+    """Robust training whose model cannot predict."""
+
+    name = "bad-model"
+
+    def fit(self, data):
+        class Model:
+            def predict(self, X):
+                raise RuntimeError("no predictions today")
+        return Model()
+
+
+def test_model_that_cannot_predict_fails_its_trials_only(tmp_path):
+    with Store(tmp_path / "m.sqlite") as store:
+        summary = run([SPEC], [BadModel(), defenses.make("none")], tracks=("blind",), store=store,
+                      progress=False, log=lambda *_: None)
+        rows = store.rows()
+    bad = [r for r in rows if r["defense"] == "bad-model"]
+    assert bad and all(r["status"] == "failed" and "no predictions today" in r["error"] for r in bad)
+    assert all(r["status"] == "ok" for r in rows if r["defense"] == "none")
+    assert summary.failed == len(bad)
