@@ -104,6 +104,11 @@ def cmd_run(args) -> int:
     from leaderboard import aggregate, render
 
     specs = _specs(args.suite, args.scenario)
+    offered = {a for spec in specs for a in spec.alphas}
+    unknown = [a for a in args.alpha if a not in offered]
+    if unknown:
+        raise ValueError(f"--alpha {unknown[0]:g} is not a poison rate of the chosen scenarios "
+                         f"(they have {', '.join(f'{a:g}' for a in sorted(offered))})")
     names = args.defense or defenses.DEFENSES.names()
     chosen = [defenses.make(n) for n in names]
     tracks = ("informed", "blind") if args.track == "both" else (args.track,)

@@ -149,3 +149,9 @@ def test_alpha_option_restricts_the_poison_rates(tmp_path):
     assert done.returncode == 0, done.stderr
     with Store(store) as s:
         assert {r["alpha"] for r in s.rows()} == {2.0} and s.count() > 0
+
+
+def test_alpha_not_in_the_scenarios_is_rejected(capsys, tmp_path):
+    assert main(["run", "--suite", "synthetic", "--alpha", "7", "--store",
+                 str(tmp_path / "s.sqlite"), "--no-progress"]) == 2
+    assert "--alpha 7 is not a poison rate of the chosen scenarios (they have 1, 2)" in capsys.readouterr().err
