@@ -80,11 +80,16 @@ class Scenario:
     def clean_correct(self) -> np.ndarray:
         """Test correctness (clean_models, n_test) of the recipe trained on D."""
         if self._clean_correct is None:
-            D = self.splits.train
-            clean = self.recipe.fit_many(D.X, D.y, self.splits.n_classes,
-                                         [models.TrainJob(np.ones(len(D)), s) for s in self.clean_seeds])
-            self._clean_correct = np.stack([_correct(self, m) for m in clean])
+            self._clean_correct = self.train_on_clean(np.ones(len(self.splits.train)))
         return self._clean_correct
+
+    def train_on_clean(self, weights: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
+        """Test correctness (clean_models, n_test) of recipe models trained on D with ``weights``
+        (and ``labels``), one per clean-model seed."""
+        D = self.splits.train
+        jobs = [models.TrainJob(weights, s, labels) for s in self.clean_seeds]
+        return np.stack([_correct(self, m)
+                         for m in self.recipe.fit_many(D.X, D.y, self.splits.n_classes, jobs)])
 
     def target_size(self, target: int) -> int:
         return int((self.subpops.aux == target).sum())
@@ -306,15 +311,12 @@ def blind_clean_correct(sc: Scenario, did: str) -> np.ndarray:
     key = (did, "correct")
     if key not in sc.clean_costs:
         kind, out = sc.clean_costs[(did,)]
-        D = sc.splits.train
         if kind == "model":
             sc.clean_costs[key] = _correct(sc, out)[None]
         elif np.all(out.weights == 1) and out.labels is None:
             sc.clean_costs[key] = sc.clean_correct
         else:
-            jobs = [models.TrainJob(out.weights, s, out.labels) for s in sc.clean_seeds]
-            fitted = sc.recipe.fit_many(D.X, D.y, sc.splits.n_classes, jobs)
-            sc.clean_costs[key] = np.stack([_correct(sc, f) for f in fitted])
+            sc.clean_costs[key] = sc.train_on_clean(out.weights, out.labels)
     return sc.clean_costs[key]
 
 
