@@ -14,13 +14,15 @@ ATTACKS: Registry = Registry("attack")
 @dataclass(frozen=True, eq=False)
 class AttackInput:
     """The attacker's knowledge: ``X_aux`` (n, d), ``y_aux`` (n,), the target's rows of D_aux
-    ``target`` (boolean mask (n,)), ``n_classes`` and the valid input ``domain``."""
+    ``target`` (boolean mask (n,)), ``n_classes``, the valid input ``domain`` and the victim's
+    model ``recipe`` (for the model-specific attacks' surrogate, trained on D_aux)."""
 
     X_aux: np.ndarray
     y_aux: np.ndarray
     target: np.ndarray
     n_classes: int
     domain: object = None
+    recipe: object = None
 
 
 def poison_count(alpha: float, target_size: int) -> int:

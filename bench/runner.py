@@ -62,6 +62,7 @@ class Scenario:
     recipe: object
     clean_seeds: list[int]
     poisons: dict = field(default_factory=dict)
+    attack_seconds: dict = field(default_factory=dict)
     clean_costs: dict = field(default_factory=dict)
     _clean_correct: np.ndarray | None = None
 
@@ -100,10 +101,12 @@ class Scenario:
             attack = attacks.make(self.spec.attack, **dict(self.spec.attack_params))
             aux = self.splits.aux
             data = attacks.AttackInput(aux.X, aux.y, self.subpops.aux == target,
-                                       self.splits.n_classes, self.splits.domain)
+                                       self.splits.n_classes, self.splits.domain, self.recipe)
             m = attacks.poison_count(alpha, self.target_size(target))
             rng = np.random.default_rng(derive_seed(self.spec.hash, target, alpha, trial, "poison"))
+            t0 = time.time()
             self.poisons[key] = attack.generate(data, m, rng)
+            self.attack_seconds[key] = time.time() - t0
         return self.poisons[key]
 
     def victim_seed(self, target: int, alpha: float, trial: int) -> int:
@@ -301,7 +304,9 @@ def run_chunk(sc: Scenario, defense: Defense, track: str, trials: list[tuple[int
             defense_params=json.dumps(defense.hyperparameters(), sort_keys=True, default=str),
             track=track, seed=plan["seed"], status=status, error=plan["error"], metrics=metrics,
             runtime_s=defense_s + train_s,
-            timing={"defense_s": defense_s, "train_s": train_s}, environment=env))
+            timing={"defense_s": defense_s, "train_s": train_s,
+                    "attack_s": sc.attack_seconds.get((target, alpha, trial), 0.0)},
+            environment=env))
     return rows_out
 
 
