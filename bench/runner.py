@@ -27,6 +27,7 @@ from bench.subpops import FINDERS, Subpopulations
 from defenses import Defense, DefenseInput, Sanitized
 
 ANY_TRACK = "any"  # the track of defenses that ignore the budget hint: one run serves both
+TRUSTED_FRACTION = 0.05  # of D, verified clean, shown to oracle defenses (docs/protocol.md)
 
 
 def environment() -> str:
@@ -92,13 +93,26 @@ class Scenario:
         return np.stack([_correct(self, m)
                          for m in self.recipe.fit_many(D.X, D.y, self.splits.n_classes, jobs)])
 
+    def trusted_mask(self, n: int) -> np.ndarray:
+        """(n,) bool over D followed by n - |D| poisons: a fixed random ``TRUSTED_FRACTION`` of
+        D, the same for every trial of the scenario; poisons are never trusted."""
+        n_train = len(self.splits.train)
+        rng = np.random.default_rng(derive_seed(self.spec.hash, "trusted"))
+        mask = np.zeros(n, dtype=bool)
+        mask[rng.choice(n_train, size=round(TRUSTED_FRACTION * n_train), replace=False)] = True
+        return mask
+
     def target_size(self, target: int) -> int:
         return int((self.subpops.aux == target).sum())
 
     def poison(self, target: int, alpha: float, trial: int):
         key = (target, alpha, trial)
         if key not in self.poisons:
-            attack = attacks.make(self.spec.attack, **dict(self.spec.attack_params))
+            # One attack instance per scenario: the optimisation attacks cache their surrogate
+            # (trained on D_aux) on it and reuse it for every target, rate and trial.
+            if not hasattr(self, "attack"):
+                self.attack = attacks.make(self.spec.attack, **dict(self.spec.attack_params))
+            attack = self.attack
             aux = self.splits.aux
             data = attacks.AttackInput(aux.X, aux.y, self.subpops.aux == target,
                                        self.splits.n_classes, self.splits.domain, self.recipe)
@@ -113,15 +127,17 @@ class Scenario:
         return derive_seed(self.spec.hash, target, alpha, trial, "victim")
 
 
-def apply_defense(defense: Defense, X, y, n_classes, recipe, budget, seed, fitter=None):
+def apply_defense(defense: Defense, X, y, n_classes, recipe, budget, seed, fitter=None, trusted=None):
     """Run the defense on (X, y) shuffled (so position reveals nothing), return
     ``("weights", Sanitized)`` or ``("model", model)`` in the original order.
 
     ``fitter(jobs, order)``, when given, trains jobs whose weights follow the shuffled ``order``
-    (the runner's batched path); otherwise the recipe trains them directly."""
+    (the runner's batched path); otherwise the recipe trains them directly. ``trusted`` (n,) bool
+    marks verified-clean rows; only a defense that ``needs_trusted`` sees it."""
     order = np.random.default_rng(seed).permutation(len(y))
+    shown = trusted[order] if trusted is not None and defense.needs_trusted else None
     data = DefenseInput(X[order], y[order], n_classes, recipe, budget, seed,
-                        None if fitter is None else (lambda jobs: fitter(jobs, order)))
+                        None if fitter is None else (lambda jobs: fitter(jobs, order)), shown)
     if hasattr(defense, "fit"):
         return "model", defense.fit(data)
     result = defense.sanitize(data)
@@ -166,6 +182,15 @@ def _failure(err: BaseException) -> _Failure:
     return _Failure(f"{type(err).__name__}: {err}{place}")
 
 
+def _report(fitted) -> dict:
+    """The numbers a robust-training model reports about itself (``fitted.report``, e.g. DP-SGD's
+    epsilon), stored with the trial's metrics under ``defense_<name>``."""
+    report = getattr(fitted, "report", None) or {}
+    if not isinstance(report, dict) or not all(isinstance(v, (int, float)) for v in report.values()):
+        raise TypeError(f"a model's report must be a dict of numbers, got {report!r}")
+    return {f"defense_{k}": float(v) for k, v in report.items()}
+
+
 def _correct(sc: Scenario, fitted) -> np.ndarray:
     return fitted.predict(sc.splits.test.X) == sc.splits.test.y
 
@@ -186,14 +211,14 @@ class _Pool:
             return np.arange(self.n)
         return np.concatenate([np.arange(self.n), self.offsets[i] + np.arange(self.sizes[i])])
 
-    def job(self, rows: np.ndarray, weights, labels, seed: int) -> models.TrainJob:
+    def job(self, rows: np.ndarray, weights, labels, seed: int, private=None) -> models.TrainJob:
         w = np.zeros(len(self.y))
         w[rows] = weights
         pool_labels = None
         if labels is not None:
             pool_labels = self.y.copy()
             pool_labels[rows] = labels
-        return models.TrainJob(w, seed, pool_labels)
+        return models.TrainJob(w, seed, pool_labels, private)
 
 
 def _defend(sc: Scenario, defense: Defense, pool: _Pool, i: int | None, budget, seed):
@@ -202,10 +227,11 @@ def _defend(sc: Scenario, defense: Defense, pool: _Pool, i: int | None, budget, 
 
     def task(batched_fit):
         def fitter(jobs, order):
-            return batched_fit([pool.job(rows[order], j.weights, j.labels, j.seed) for j in jobs])
+            return batched_fit([pool.job(rows[order], j.weights, j.labels, j.seed, j.private)
+                                for j in jobs])
 
         return apply_defense(defense, pool.X[rows], pool.y[rows], sc.splits.n_classes, sc.recipe,
-                             budget, seed, fitter)
+                             budget, seed, fitter, sc.trusted_mask(len(rows)))
 
     return task
 
@@ -265,6 +291,7 @@ def run_chunk(sc: Scenario, defense: Defense, track: str, trials: list[tuple[int
             kind, result = out
             if kind == "model":
                 plan["pois"] = _correct(sc, result)
+                plan["report"] = _report(result)
             else:
                 plan["weights"] = result.weights
                 plan["job"] = len(jobs)
@@ -296,6 +323,7 @@ def run_chunk(sc: Scenario, defense: Defense, track: str, trials: list[tuple[int
             pois = correct[plan["job"]] if "job" in plan else plan["pois"]
             def_clean = correct[plan["def_job"]][None] if "def_job" in plan else plan["def_clean"]
             metrics = _metrics(sc, target, plan["m"], pois, def_clean, plan.get("weights"))
+            metrics.update(plan.get("report", {}))
             status = "ok"
         rows_out.append(TrialRow(
             key=trial_key(spec, target, alpha, trial, defense, track), scenario=spec.id,

@@ -5,7 +5,8 @@ A defense author writes one frozen dataclass (its fields are the hyper-parameter
 
 - ``sanitize(data) -> Sanitized``: which training points to keep (or reweight or relabel); the
   victim recipe is then trained on the result. See :mod:`defenses.sphere` for a full example.
-- ``fit(data) -> model``: robust training that returns its own fitted model.
+- ``fit(data) -> model``: robust training that returns its own fitted model. A model may carry
+  ``report``, a dict of numbers stored with each trial (DP-SGD's epsilon).
 
 ``data`` is a :class:`DefenseInput`: the poisoned training set (never which points are poison),
 the victim recipe, and the budget hint of the track.
@@ -34,6 +35,8 @@ class DefenseInput:
     ``seed``: for any randomness of the defense.
     ``fitter``: set by the runner to train the jobs of many trials together; defenses never use
     it directly, they call ``fit_recipe`` or ``fit_many``.
+    ``trusted`` (n,) bool, only for defenses with ``needs_trusted``: the rows the defender has
+    verified to be clean (a random sample of D, see docs/protocol.md); None otherwise.
     """
 
     X: np.ndarray
@@ -43,6 +46,7 @@ class DefenseInput:
     budget: int | None
     seed: int
     fitter: Callable[[list], list] | None = None
+    trusted: np.ndarray | None = None
 
     def fit_recipe(self, weights: np.ndarray | None = None, labels: np.ndarray | None = None):
         """Train the victim recipe on the training set, optionally re-weighted (n,) or
@@ -122,5 +126,5 @@ def make(name: str, **params) -> Defense:
 
 
 from defenses import (  # noqa: E402,F401  (register built-ins)
-    activation_clustering, cleanlab_defense, deep_knn, dpa, knn_distance, label_sanitization, loss,
-    none, sever, slab, spectral_signatures, sphere, svd, trim)
+    activation_clustering, cleanlab_defense, deep_knn, dp_sgd, dpa, knn_distance, label_sanitization,
+    loss, none, roni, sever, slab, spectral_signatures, sphere, svd, trim)

@@ -16,6 +16,26 @@ from bench.registry import Registry
 MODELS: Registry = Registry("model")
 
 
+@dataclass(frozen=True)
+class PrivateTraining:
+    """Differentially private training (DP-SGD, Abadi et al. 2016): each example's gradient is
+    clipped to L2 norm ``clip_norm``, Gaussian noise of standard deviation ``noise_multiplier`` x
+    ``clip_norm`` is added to each minibatch's sum of clipped gradients, and training runs exactly
+    ``epochs`` epochs (no early stopping: stopping on the training loss would leak privacy)."""
+
+    clip_norm: float = 1.0
+    noise_multiplier: float = 1.0
+    epochs: int = 20
+
+    def __post_init__(self):
+        if not self.clip_norm > 0:
+            raise ValueError(f"clip_norm must be > 0, got {self.clip_norm}")
+        if not self.noise_multiplier >= 0:
+            raise ValueError(f"noise_multiplier must be >= 0, got {self.noise_multiplier}")
+        if isinstance(self.epochs, bool) or int(self.epochs) != self.epochs or self.epochs < 1:
+            raise ValueError(f"epochs must be an integer >= 1, got {self.epochs!r}")
+
+
 @dataclass(frozen=True, eq=False)
 class TrainJob:
     """One model to train on a pool of n examples.
@@ -23,12 +43,14 @@ class TrainJob:
     ``weights`` (n,) float >= 0: integer values are multiplicities (2 = the row appears twice),
     fractional values scale the row's loss; 0 leaves the row out. ``labels`` (n,) int overrides
     the pool labels for this job (relabelling defenses). ``seed`` fixes initialisation and
-    shuffling, so a job trains to the same model alone or batched with others.
+    shuffling, so a job trains to the same model alone or batched with others. ``private``, when
+    given, trains the job with DP-SGD (recipes that cannot say so raise ``ValueError``).
     """
 
     weights: np.ndarray
     seed: int
     labels: np.ndarray | None = None
+    private: PrivateTraining | None = None
 
 
 def check_weights(weights, n: int) -> np.ndarray:

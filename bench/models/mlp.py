@@ -112,6 +112,9 @@ class _Schedule:
         self.batch = min(batch_size, self.n)
         self.steps = math.ceil(self.n / self.batch)
         self.rng = np.random.default_rng(job.seed)
+        self.private = job.private
+        # DP noise has its own stream so that it leaves the minibatch order unchanged.
+        self.noise_rng = np.random.default_rng([job.seed, 1]) if job.private else None
 
 
 def _init_params(rng: np.random.Generator, sizes: list[int]) -> list[np.ndarray]:
@@ -123,14 +126,16 @@ def _init_params(rng: np.random.Generator, sizes: list[int]) -> list[np.ndarray]
     return params
 
 
-def loss_and_grads(Wt: list, bias: list, inputs, target, scale, decay):
+def loss_and_grads(Wt: list, bias: list, inputs, target, scale, decay, clip=None):
     """Weighted data loss (K,) and the gradients of data loss + L2 penalty, for K stacked nets.
 
     ``Wt[i]`` (K, fan_out, fan_in), ``bias[i]`` (K, fan_out, 1), ``inputs`` (K, d, B), ``target``
     (K, 1, B) (float 0/1 for a single logistic output, class ids otherwise), ``scale`` (K, 1, B)
     per-example loss weights, ``decay`` (K, 1, 1) L2 coefficient. The loss of job k is
     sum_b scale[k,b] * CE_b + decay[k]/2 * ||W_k||^2, and the gradients are returned as
-    ``[dWt_0, dbias_0, dWt_1, ...]`` in the parameter shapes.
+    ``[dWt_0, dbias_0, dWt_1, ...]`` in the parameter shapes. ``clip`` (K, 1, 1), when given,
+    first scales each example's (weighted) data gradient down to L2 norm at most ``clip[k]``
+    (DP-SGD's per-example clipping; ``inf`` leaves a job unclipped).
     """
     acts = [inputs]
     for i in range(len(Wt)):
@@ -146,14 +151,38 @@ def loss_and_grads(Wt: list, bias: list, inputs, target, scale, decay):
         data = -log_p.gather(1, target)
         classes = torch.arange(logits.shape[1], device=logits.device)[None, :, None]
         delta = log_p.exp() - (classes == target).to(logits.dtype)
-    delta = delta * scale
-    grads = [None] * (2 * len(Wt))
-    for i in reversed(range(len(Wt))):
-        grads[2 * i] = torch.bmm(delta, acts[i].transpose(1, 2)).add_(decay * Wt[i])
-        grads[2 * i + 1] = delta.sum(2, keepdim=True)
-        if i > 0:
-            delta = torch.bmm(Wt[i].transpose(1, 2), delta) * (acts[i] > 0)
+    deltas = [delta * scale]
+    for i in reversed(range(1, len(Wt))):
+        deltas.insert(0, torch.bmm(Wt[i].transpose(1, 2), deltas[0]) * (acts[i] > 0))
+    if clip is not None:
+        # An example's gradient of layer i is the outer product of its delta and its input, so
+        # its squared norm is |delta|^2 (|input|^2 + 1 for the bias): no per-example gradients
+        # are materialised.
+        sq = sum(d.square().sum(1, keepdim=True) * (a.square().sum(1, keepdim=True) + 1)
+                 for d, a in zip(deltas, acts))
+        factor = (clip / sq.sqrt().clamp(min=1e-12)).clamp(max=1.0)
+        deltas = [d * factor for d in deltas]
+    grads = []
+    for d, a, W in zip(deltas, acts, Wt):
+        grads += [torch.bmm(d, a.transpose(1, 2)).add_(decay * W), d.sum(2, keepdim=True)]
     return (data * scale).sum((1, 2)), grads
+
+
+def _privacy_terms(live: list[_Schedule], count: np.ndarray, S: int, n_params: int, to):
+    """DP-SGD's per-step clip thresholds (S, K, 1, 1) and gradient noise (S, K, n_params) for one
+    epoch, or (None, None) when no job is private. Both apply to batch-mean gradients, hence the
+    division by the batch ``count`` (S, K). A job's noise comes from its own generator, drawn for
+    its own number of steps, so it does not depend on which jobs share its batch."""
+    if all(p.private is None for p in live):
+        return None, None
+    clip = np.full((S, len(live)), np.inf, dtype=np.float32)
+    noise = np.zeros((S, len(live), n_params), dtype=np.float32)
+    for k, p in enumerate(live):
+        if p.private is not None:
+            clip[:, k] = p.private.clip_norm / count[:, k]
+            std = p.private.noise_multiplier * p.private.clip_norm / count[:p.steps, k]
+            noise[:p.steps, k] = p.noise_rng.standard_normal((p.steps, n_params), dtype=np.float32) * std[:, None]
+    return to(clip)[:, :, None, None], to(noise)
 
 
 def _layer_views(theta: torch.Tensor, sizes: list[int]):
@@ -197,11 +226,13 @@ def _train_chunk(recipe: MLP, X: np.ndarray, y: np.ndarray, n_classes: int,
     best = torch.full((K,), float("inf"), device=dev)
     stale = torch.zeros(K, dtype=torch.long, device=dev)
     epochs = np.zeros(K, dtype=np.int64)
+    private = np.array([p.private is not None for p in plans])
+    max_epochs = np.array([p.private.epochs if p.private else recipe.max_epochs for p in plans])
     b1, b2, eps, decay = 0.9, 0.999, 1e-8, recipe.alpha
     to = lambda a, dtype=torch.float32: torch.from_numpy(  # noqa: E731
         np.ascontiguousarray(a)).to(device=dev, dtype=dtype)
 
-    for _ in range(recipe.max_epochs):
+    for _ in range(int(max_epochs.max())):
         k_alive = len(alive)
         live = [plans[i] for i in alive]
         S, B = max(p.steps for p in live), max(p.batch for p in live)
@@ -232,14 +263,18 @@ def _train_chunk(recipe: MLP, X: np.ndarray, y: np.ndarray, n_classes: int,
         keep1 = to(np.where(active, b1, 1.0))[:, :, None]
         keep2 = to(np.where(active, b2, 1.0))[:, :, None]
         act_t = to(active)
+        clip_t, noise_t = _privacy_terms(live, count, S, theta.shape[1], to)
         Wt, bias = _layer_views(theta, sizes)
         epoch_loss = torch.zeros(k_alive, device=dev)
         for s in range(S):
             inputs = Xt.index_select(0, rows_t[s].view(-1)).view(k_alive, B, -1).transpose(1, 2)
-            data_loss, grads = loss_and_grads(Wt, bias, inputs, lab_t[s], scale_t[s], decay_t[s])
+            data_loss, grads = loss_and_grads(Wt, bias, inputs, lab_t[s], scale_t[s], decay_t[s],
+                                              None if clip_t is None else clip_t[s])
             sq = sum(W.square().sum((1, 2)) for W in Wt)
             epoch_loss += (data_loss * count_t[s] + 0.5 * decay * sq) * act_t[s]
             g = torch.cat([gr.reshape(k_alive, -1) for gr in grads], 1)
+            if noise_t is not None:
+                g += noise_t[s]
             m1.lerp_(g, 1 - keep1[s])
             m2.lerp_(g.square_(), 1 - keep2[s])
             theta.sub_(lr_t[s] * m1 / (m2.sqrt() + eps))
@@ -248,7 +283,8 @@ def _train_chunk(recipe: MLP, X: np.ndarray, y: np.ndarray, n_classes: int,
         stale = torch.where(improved, 0, stale + 1)
         best = torch.minimum(best, mean_loss)
         epochs[alive] += 1
-        going = (stale <= recipe.n_iter_no_change).cpu().numpy()
+        going = ((stale <= recipe.n_iter_no_change).cpu().numpy() | private[alive]) \
+            & (epochs[alive] < max_epochs[alive])
         if not going.all():
             final[alive[~going]] = theta[to(~going, torch.bool)].cpu().numpy()
             keep = to(np.flatnonzero(going), torch.long)
