@@ -60,10 +60,47 @@ def build_parser() -> argparse.ArgumentParser:
                      help="Ray cluster address for --executor ray (default: start a local cluster)")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
-    board = sub.add_parser("leaderboard", help="print the leaderboard of a result store")
+    board = sub.add_parser(
+        "leaderboard", help="print the leaderboard of a result store, or build the site",
+        description="Print the leaderboard of a result store (markdown, csv or json), or write it "
+                    "as a static site (--format html --out DIR). `leaderboard build` builds the "
+                    "site from a folder of result bundles instead.")
     board.add_argument("--store", default=str(DEFAULT_STORE), help=f"result store (default {DEFAULT_STORE})")
-    board.add_argument("--format", choices=("markdown", "csv", "json"), default="markdown")
+    board.add_argument("--format", choices=("markdown", "csv", "json", "html"), default="markdown",
+                       help="markdown (default), csv, json, or html: a static site written to --out")
     board.add_argument("--scenario", action="append", default=[], metavar="ID", help="only these scenarios")
+    board.add_argument("--out", metavar="DIR", help="folder of the site, for --format html")
+    board_sub = board.add_subparsers(dest="board_command", metavar="{build}", title="sub-command",
+                                     description="none: print the leaderboard of --store")
+    build = board_sub.add_parser(
+        "build", help="build the site from a folder of result bundles",
+        description="Validate every *.json result bundle in --bundles (see docs/submitting.md), "
+                    "print each rejected bundle with its reason, and build the site from the "
+                    "accepted ones. Exits with status 1 when a bundle was rejected (the site is "
+                    "still built from the others), 2 when none was accepted.")
+    build.add_argument("--bundles", required=True, metavar="DIR", help="folder of result bundles")
+    build.add_argument("--out", required=True, metavar="DIR", help="folder to write the site into")
+    _data_root(build, "to prepare the bundles' scenarios")
+
+    submit = sub.add_parser(
+        "submit", help="write a defense's stored trials as a result bundle for the leaderboard",
+        description="Write the trials of one defense (its registered version and default "
+                    "hyper-parameters) from a result store as a JSON result bundle, after "
+                    "checking it as the maintainers will (docs/submitting.md).")
+    submit.add_argument("--defense", required=True, metavar="NAME", help="the defense to submit")
+    submit.add_argument("--out", required=True, metavar="PATH", help="bundle file to write (.json)")
+    _common(submit)
+
+    report = sub.add_parser(
+        "report", help="print a markdown report of a result store, e.g. for a pull request",
+        description="Print what ran, the leaderboard and, with --baseline, each defense's change "
+                    "in target damage and clean cost against a result bundle, as markdown "
+                    "(append it to $GITHUB_STEP_SUMMARY in a GitHub workflow).")
+    report.add_argument("--baseline", action="append", default=[], metavar="BUNDLE",
+                        help="result bundle to compare with (repeatable, e.g. one per defense)")
+    report.add_argument("--tolerance", type=float, default=None, metavar="T",
+                        help="changes within ±T count as equal (default 0.01)")
+    _common(report)
 
     listing = sub.add_parser("list", help="list registered names")
     listing.add_argument("what", choices=LISTABLE)
@@ -80,9 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _data_root(p: argparse.ArgumentParser, purpose: str = "") -> None:
     p.add_argument("--data-root", metavar="PATH",
-                   help="folder holding the datasets (default: $SUBPOP_DATA_ROOT, else the user cache)")
+                   help=f"folder holding the datasets{' ' + purpose if purpose else ''} "
+                        f"(default: $SUBPOP_DATA_ROOT, else the user cache)")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    _data_root(p)
     p.add_argument("--store", default=str(DEFAULT_STORE), metavar="PATH",
                    help=f"SQLite result store (default {DEFAULT_STORE})")
 
@@ -109,8 +151,12 @@ def cmd_run(args) -> int:
     if unknown:
         raise ValueError(f"--alpha {unknown[0]:g} is not a poison rate of the chosen scenarios "
                          f"(they have {', '.join(f'{a:g}' for a in sorted(offered))})")
-    names = args.defense or defenses.DEFENSES.names()
-    chosen = [defenses.make(n) for n in names]
+    chosen = [defenses.make(n) for n in args.defense or defenses.DEFENSES.names()]
+    names = [d.name for d in chosen]
+    from_files = [n for n in args.defense if n.partition(":")[0].endswith(".py")]
+    if from_files and args.executor != "sequential":
+        raise ValueError(f"--defense {from_files[0]} is a file, which worker processes cannot import; "
+                         "package it with an entry point (docs/submitting.md) or use --executor sequential")
     tracks = ("informed", "blind") if args.track == "both" else (args.track,)
     with Store(args.store) as store:
         executor = executors.make(args.executor, args.workers, args.address)
@@ -124,22 +170,96 @@ def cmd_run(args) -> int:
     return 0
 
 
-def cmd_leaderboard(args) -> int:
+def _no_store(path: str) -> bool:
+    """True (after saying so) when there is no result store at ``path``."""
     from pathlib import Path
 
+    if Path(path).exists():
+        return False
+    print(f"error: no result store at {path}; run `subpop-bench run` first or pass --store",
+          file=sys.stderr)
+    return True
+
+
+def cmd_leaderboard(args) -> int:
     from bench.store import Store
     from leaderboard import aggregate, render
 
-    if not Path(args.store).exists():
-        print(f"error: no result store at {args.store}; run `subpop-bench run` first "
-              f"or pass --store", file=sys.stderr)
+    if args.board_command == "build":
+        return _build_site(args)
+    if (args.format == "html") != (args.out is not None):
+        raise ValueError("--format html writes a site and needs --out DIR; --out is only for "
+                         "--format html")
+    if _no_store(args.store):
         return 2
     with Store(args.store) as store:
         rows = store.rows()
     if args.scenario:
         rows = [r for r in rows if r["scenario"] in args.scenario]
+    if args.format == "html":
+        from leaderboard import site
+
+        print(site.build(rows, args.out))
+        return 0
     text = render(aggregate(rows), args.format)
     sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    return 0
+
+
+def _build_site(args) -> int:
+    from leaderboard import bundle, site
+
+    accepted, rejected = bundle.load_bundles(args.bundles, args.data_root)
+    for path, reason in rejected:
+        print(f"rejected {path}: {reason}", file=sys.stderr)
+    if not accepted:
+        print(f"error: no valid result bundle in {args.bundles}", file=sys.stderr)
+        return 2
+    rows = [row for b in accepted for row in bundle.to_rows(b)]
+    print(f"{len(accepted)} bundle(s) accepted, {len(rejected)} rejected", file=sys.stderr)
+    print(site.build(rows, args.out))
+    return 1 if rejected else 0
+
+
+def cmd_submit(args) -> int:
+    from pathlib import Path
+
+    import defenses
+    from bench.store import Store
+    from leaderboard import bundle
+
+    if _no_store(args.store):
+        return 2
+    defense = defenses.make(args.defense)
+    with Store(args.store) as store:
+        made = bundle.create(store.rows(), defense)
+    text = bundle.dumps(made)
+    try:  # the maintainers' checks, on the exact text, before anything is written
+        bundle.validate(text, args.data_root)
+    except bundle.BundleError as err:
+        raise ValueError(f"the bundle would be rejected: {err}") from None
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(f"wrote {out}: {defense.name} version {defense.version}, {len(made['trials'])} trials of "
+          f"{len(made['scenarios'])} scenario(s)", file=sys.stderr)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from bench.store import Store
+    from leaderboard import bundle
+    from leaderboard.report import TOLERANCE, report
+
+    if args.tolerance is not None and not args.tolerance >= 0:
+        raise ValueError(f"--tolerance must be >= 0, got {args.tolerance:g}")
+    if _no_store(args.store):
+        return 2
+    baselines = [bundle.load(path, args.data_root) for path in args.baseline]
+    with Store(args.store) as store:
+        rows = store.rows()
+    tolerance = TOLERANCE if args.tolerance is None else args.tolerance
+    sys.stdout.write(report(rows, baselines, tolerance))
     return 0
 
 
@@ -199,10 +319,16 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command in (None, "run", "list", "submit"):
+        import defenses
+
+        for problem in defenses.PLUGIN_PROBLEMS:
+            print(f"warning: {problem}", file=sys.stderr)
     if args.command is None:
         args = parser.parse_args(["run", *([] if argv is None else argv)])
     handlers = {"run": cmd_run, "leaderboard": cmd_leaderboard, "list": cmd_list,
-                "data": cmd_data, "reproduce": cmd_reproduce}
+                "data": cmd_data, "reproduce": cmd_reproduce, "submit": cmd_submit,
+                "report": cmd_report}
     try:
         return handlers[args.command](args)
     except (UnknownNameError, DataError, StoreError, ValueError) as err:

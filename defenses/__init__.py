@@ -13,6 +13,7 @@ the victim recipe, and the budget hint of the track.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict, dataclass, is_dataclass
 from typing import Callable, ClassVar
 
@@ -121,10 +122,65 @@ def remove_top(scores: np.ndarray, y: np.ndarray, budget: int | None, blind_frac
     return keep
 
 
+PLUGIN_GROUP = "subpop_bench.defenses"  # entry-point group of defenses in other packages
+
+
 def make(name: str, **params) -> Defense:
+    """The defense registered as ``name`` (built-in or from an installed package's entry point),
+    or ``path/to/file.py:ClassName``, a defense class in a file that is not packaged."""
+    if name.partition(":")[0].endswith(".py"):
+        return load_file(name)(**params)
     return DEFENSES.get(name)(**params)
+
+
+def load_file(spec: str) -> type:
+    """The defense class ``ClassName`` of ``path/to/file.py:ClassName``, its module imported from
+    the file. The class is registered under its ``name`` unless that name is taken."""
+    import importlib.util
+    from pathlib import Path
+
+    path, _, cls_name = spec.rpartition(":")
+    file = Path(path)
+    if not cls_name or not file.is_file():
+        raise ValueError(f"--defense {spec!r}: expected path/to/file.py:ClassName with an existing file")
+    module_spec = importlib.util.spec_from_file_location(f"subpop_bench_plugin_{file.stem}", file)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[module_spec.name] = module  # dataclasses and pickling look classes up here
+    module_spec.loader.exec_module(module)
+    cls = getattr(module, cls_name, None)
+    return _checked(cls, spec)
+
+
+def _checked(cls, origin: str) -> type:
+    if not (isinstance(cls, type) and issubclass(cls, Defense) and cls.name):
+        raise ValueError(f"{origin}: not a Defense subclass with a name (got {cls!r})")
+    if not (hasattr(cls, "sanitize") or hasattr(cls, "fit")):
+        raise ValueError(f"{origin}: defense {cls.name!r} has neither sanitize nor fit")
+    if cls.name not in DEFENSES:
+        DEFENSES.add(cls.name, cls)
+    return cls
+
+
+def load_plugins() -> list[str]:
+    """Register the defenses that installed packages declare under the entry-point group
+    ``subpop_bench.defenses`` (name = defense name, value = ``module:Class``); returns one
+    warning per plugin that failed to load, which is then left out rather than failing every
+    command."""
+    from importlib.metadata import entry_points
+
+    problems = []
+    for ep in entry_points(group=PLUGIN_GROUP):
+        try:
+            cls = _checked(ep.load(), f"entry point {ep.name!r} ({ep.value})")
+            if cls.name != ep.name:
+                raise ValueError(f"entry point {ep.name!r} names a defense called {cls.name!r}")
+        except Exception as err:  # a broken plug-in must not take the built-ins down with it
+            problems.append(f"defense plug-in {ep.name!r} not loaded: {type(err).__name__}: {err}")
+    return problems
 
 
 from defenses import (  # noqa: E402,F401  (register built-ins)
     activation_clustering, cleanlab_defense, deep_knn, dp_sgd, dpa, knn_distance, label_sanitization,
     loss, none, roni, sever, slab, spectral_signatures, sphere, svd, trim)
+
+PLUGIN_PROBLEMS = load_plugins()

@@ -15,14 +15,21 @@ _SHORT = {"n_targets": "targets", "n_failed": "failed", "clean_acc": "clean acc"
           "mean_td": "mean TD", "worst1_td": "worst-1", "worst5_td": "worst-5",
           "worst10_td": "worst-10", "mean_cd": "mean CD", "defense_clean_cost": "clean cost",
           "defense_clean_cost_worst": "worst subpop cost", "poison_recall": "poison recall",
-          "clean_removed": "clean removed", "runtime_s": "time (s)"}
-_MARKDOWN = ("defense", "track", "n_targets", "n_failed", "clean_acc", "mean_td", "worst1_td",
-             "worst5_td", "worst10_td", "mean_cd", "defense_clean_cost", "defense_clean_cost_worst",
-             "poison_recall", "clean_removed", "runtime_s")
+          "clean_removed": "clean removed", "runtime_s": "time (s)", "mean_td_ci": "95% CI"}
+_MARKDOWN = ("defense", "track", "n_targets", "n_failed", "clean_acc", "mean_td", "mean_td_ci",
+             "worst1_td", "worst5_td", "worst10_td", "mean_cd", "defense_clean_cost",
+             "defense_clean_cost_worst", "poison_recall", "clean_removed", "runtime_s")
 
 
 def _clean(value):
     return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def _cell(row: dict, column: str):
+    if column == "mean_td_ci":  # one column for the interval: "[lo, hi]" reads as a range
+        lo, hi = row["mean_td_lo"], row["mean_td_hi"]
+        return None if math.isnan(lo) else f"[{lo:.3f}, {hi:.3f}]"
+    return _clean(row[column])
 
 
 def render(rows: list[dict], fmt: str = "markdown") -> str:
@@ -41,7 +48,7 @@ def render(rows: list[dict], fmt: str = "markdown") -> str:
         return "(no stored trials)"
     sections = []
     for key in dict.fromkeys((r["scenario"], r["alpha"]) for r in rows):
-        table = [[_clean(r[c]) for c in _MARKDOWN] for r in rows if (r["scenario"], r["alpha"]) == key]
+        table = [[_cell(r, c) for c in _MARKDOWN] for r in rows if (r["scenario"], r["alpha"]) == key]
         sections.append(f"### {key[0]}, alpha = {key[1]:g}\n\n" + tabulate(
             table, headers=[_SHORT.get(c, c) for c in _MARKDOWN], tablefmt="github",
             floatfmt=".3f", missingval="-"))

@@ -155,3 +155,70 @@ def test_alpha_not_in_the_scenarios_is_rejected(capsys, tmp_path):
     assert main(["run", "--suite", "synthetic", "--alpha", "7", "--store",
                  str(tmp_path / "s.sqlite"), "--no-progress"]) == 2
     assert "--alpha 7 is not a poison rate of the chosen scenarios (they have 1, 2)" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def none_store(tmp_path_factory) -> str:
+    """The synthetic suite with defense none (48 trials), run once for the bundle commands."""
+    store = str(tmp_path_factory.mktemp("cli") / "s.sqlite")
+    assert main(["run", "--suite", "synthetic", "--defense", "none", "--store", store,
+                 "--no-progress"]) == 0
+    return store
+
+
+def test_submit_then_build_the_site_from_bundles(tmp_path, none_store, capsys):
+    bundles = tmp_path / "bundles"
+    assert main(["submit", "--store", none_store, "--defense", "none",
+                 "--out", str(bundles / "none.json")]) == 0
+    assert f"wrote {bundles / 'none.json'}: none version 1, 48 trials" in capsys.readouterr().err
+    assert json.loads((bundles / "none.json").read_text())["defense"]["name"] == "none"
+    (bundles / "broken.json").write_text("{")
+    site = tmp_path / "site"
+    assert main(["leaderboard", "build", "--bundles", str(bundles), "--out", str(site)]) == 1
+    captured = capsys.readouterr()
+    assert f"rejected {bundles / 'broken.json'}: not valid JSON" in captured.err
+    assert "1 bundle(s) accepted, 1 rejected" in captured.err
+    assert captured.out.strip() == str(site / "index.html") and (site / "index.html").is_file()
+
+
+def test_build_without_a_valid_bundle_fails(tmp_path, capsys):
+    (tmp_path / "x.json").write_text("[]")
+    assert main(["leaderboard", "build", "--bundles", str(tmp_path), "--out", str(tmp_path / "site")]) == 2
+    err = capsys.readouterr().err
+    assert "rejected" in err and f"no valid result bundle in {tmp_path}" in err
+    assert not (tmp_path / "site").exists()
+
+
+def test_submit_says_what_the_store_lacks(none_store, tmp_path, capsys):
+    out = tmp_path / "b.json"
+    assert main(["submit", "--store", none_store, "--defense", "sphere", "--out", str(out)]) == 2
+    assert "no trials of defense 'sphere' (it has: none)" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_leaderboard_html_from_the_store(none_store, tmp_path, monkeypatch, capsys):
+    from leaderboard import site
+
+    calls = []
+    monkeypatch.setattr(site, "build", lambda rows, out: calls.append((rows, out)) or f"{out}/index.html")
+    assert main(["leaderboard", "--store", none_store, "--format", "html", "--out", str(tmp_path)]) == 0
+    [(rows, out)] = calls
+    with Store(none_store) as s:
+        assert [r["key"] for r in rows] == [r["key"] for r in s.rows()] and out == str(tmp_path)
+    assert main(["leaderboard", "--store", none_store, "--format", "html"]) == 2
+    assert "--format html writes a site and needs --out DIR" in capsys.readouterr().err
+
+
+def test_report_against_a_baseline_bundle(none_store, tmp_path, capsys):
+    baseline = tmp_path / "none.json"
+    assert main(["submit", "--store", none_store, "--defense", "none", "--out", str(baseline)]) == 0
+    capsys.readouterr()
+    assert main(["report", "--store", none_store, "--baseline", str(baseline)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# subpop-bench report") and "48 trials (0 failed)" in out
+    compared = [line for line in out.split("## Against the baseline")[1].splitlines()
+                if line.startswith("| synthetic")]
+    assert len(compared) == 2 and all(line.count(" = |") == 3 for line in compared)
+    baseline.write_text("{}")
+    assert main(["report", "--store", none_store, "--baseline", str(baseline)]) == 2
+    assert f"error: {baseline}: does not follow the bundle schema at $" in capsys.readouterr().err
