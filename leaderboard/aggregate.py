@@ -28,6 +28,14 @@ BOARD_COLUMNS = ("scenario", "board", "rank", "tied_with", "defense", "track", "
                  "poison_recall", "clean_removed", "runtime_s")
 
 
+def is_oracle(defense: str) -> bool:
+    """Whether ``defense`` is registered as an oracle (it sees trusted clean data the others do
+    not), so the tables can mark it; unknown names (e.g. from bundles) are not."""
+    from defenses import DEFENSES
+
+    return defense in DEFENSES and DEFENSES.get(defense).needs_trusted
+
+
 def _mean(values) -> float:
     values = [v for v in values if v is not None and not np.isnan(v)]
     return float(np.mean(values)) if values else float("nan")

@@ -8,7 +8,7 @@ import math
 
 from tabulate import tabulate
 
-from leaderboard.aggregate import COLUMNS
+from leaderboard.aggregate import COLUMNS, is_oracle
 
 FORMATS = ("markdown", "csv", "json")
 _SHORT = {"n_targets": "targets", "n_failed": "failed", "clean_acc": "clean acc",
@@ -29,6 +29,8 @@ def _cell(row: dict, column: str):
     if column == "mean_td_ci":  # one column for the interval: "[lo, hi]" reads as a range
         lo, hi = row["mean_td_lo"], row["mean_td_hi"]
         return None if math.isnan(lo) else f"[{lo:.3f}, {hi:.3f}]"
+    if column == "defense" and is_oracle(row["defense"]):
+        return f"{row['defense']} (oracle)"
     return _clean(row[column])
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from bench.scenarios import SUITES
 from leaderboard import plots
-from leaderboard.aggregate import REFERENCE, aggregate, boards, per_target, target_means
+from leaderboard.aggregate import REFERENCE, aggregate, boards, is_oracle, per_target, target_means
 
 TEMPLATES = Path(__file__).parent / "templates"
 DEFENSES_DIR = "defenses"
@@ -165,5 +165,5 @@ def build(rows: list[dict], out: str | Path, title: str = "subpop-bench leaderbo
     index = out / "index.html"
     index.write_text(env.get_template("index.html").render(
         title=title, root="", sections=_sections(ranked), pages=pages, reference=REFERENCE,
-        n_trials=len(rows)), encoding="utf-8")
+        oracles={d for d in slugs if is_oracle(d)}, n_trials=len(rows)), encoding="utf-8")
     return index

@@ -138,3 +138,15 @@ def test_per_alpha_summaries_keep_their_columns_and_add_the_interval():
     assert all("mean_td_lo" in r for r in json.loads(render(summary, "json")))
     text = render(summary, "markdown")
     assert "95% CI" in text and f"[{first['mean_td_lo']:.3f}, {first['mean_td_hi']:.3f}]" in text
+
+
+def test_oracle_defenses_are_marked_in_tables_and_site(tmp_path):
+    from leaderboard.site import build
+
+    rows = [trial_row(d, "blind", t, 1.0, 0.1 * t) for d in ("roni", "sphere") for t in range(3)]
+    table = render(aggregate(rows), "markdown")
+    assert "roni (oracle)" in table and "sphere (oracle)" not in table
+    html = build(rows, tmp_path / "site").read_text()
+    roni_row = next(line for line in html.splitlines() if ">roni</a>" in line)
+    sphere_row = next(line for line in html.splitlines() if ">sphere</a>" in line)
+    assert 'class="oracle"' in roni_row and 'class="oracle"' not in sphere_row
