@@ -36,4 +36,4 @@ def make(name: str, **params):
     return ATTACKS.get(name)(**params)
 
 
-from attacks import label_flip  # noqa: E402,F401  (register built-ins)
+from attacks import go, influence, label_flip  # noqa: E402,F401  (register built-ins)

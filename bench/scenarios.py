@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from bench.registry import Registry
@@ -92,4 +92,12 @@ register_suite("synthetic", [
                  finder_params=freeze({"columns": ("group",)}),
                  attack_params=freeze({"rule": "opposite"}),
                  target_rule=TargetRule(min_aux=10, max_aux=80)),
+])
+# Label-flip vs the optimisation attacks on Adult (docs/attacks.md): the paper-adult specs, and the
+# same with attack go / influence. Those run one trial per (target, alpha), not three, so that the
+# four of them cost less than the two label-flip ones; the label-flip specs keep their three trials
+# because they are the paper-adult scenarios themselves (same ids).
+PAPER_ADULT = [SCENARIOS.get(spec_id) for spec_id in SUITES.get("paper-adult")]
+register_suite("adult-attacks", PAPER_ADULT + [
+    replace(spec, attack=attack, trials=1) for attack in ("go", "influence") for spec in PAPER_ADULT
 ])
