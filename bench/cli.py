@@ -9,6 +9,7 @@ from bench.registry import UnknownNameError
 from bench.store import DEFAULT_STORE
 
 LISTABLE = ("datasets", "models", "finders", "attacks", "defenses", "scenarios", "suites")
+_LISTED_PROBLEMS = 20  # problems `store check` prints before "... and N more"
 
 
 def _registries():
@@ -58,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="processes for --executor process (default 2); CPUs of a local Ray cluster")
     run.add_argument("--address", metavar="A",
                      help="Ray cluster address for --executor ray (default: start a local cluster)")
+    run.add_argument("--trial-timeout", type=_seconds, metavar="S",
+                     help="fail a trial whose defense runs longer than S seconds, and go on "
+                          "(default: no limit; docs/reliability.md)")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     board = sub.add_parser(
@@ -102,19 +106,41 @@ def build_parser() -> argparse.ArgumentParser:
                         help="changes within ±T count as equal (default 0.01)")
     _common(report)
 
+    store = sub.add_parser("store", help="inspect a result store")
+    store_sub = store.add_subparsers(dest="store_command", required=True)
+    check = store_sub.add_parser(
+        "check", help="verify a result store's integrity",
+        description="Verify a result store: SQLite's integrity check, its schema version and "
+                    "columns, and every trial row (JSON that decodes, a key that its fields give, "
+                    "no trial twice, a status consistent with its error). Exits with status 1 "
+                    "when a problem is found.")
+    check.add_argument("--store", default=str(DEFAULT_STORE), metavar="PATH",
+                       help=f"SQLite result store (default {DEFAULT_STORE})")
+
     listing = sub.add_parser("list", help="list registered names")
     listing.add_argument("what", choices=LISTABLE)
 
     data = sub.add_parser("data", help="manage datasets")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     fetch = data_sub.add_parser("fetch", help="download a dataset's official files into the user cache")
-    fetch.add_argument("name", choices=("adult",))
+    fetch.add_argument("name", choices=("adult", "cifar10"))
 
     repro = sub.add_parser("reproduce", help="run a suite without defense and print the paper's "
                                              "Table 2 shape (worst-10/5/1 target damage per alpha)")
     repro.add_argument("--suite", default="paper-adult")
     _common(repro)
     return parser
+
+
+def _seconds(text: str) -> float:
+    """A positive number of seconds (an argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
 
 
 def _data_root(p: argparse.ArgumentParser, purpose: str = "") -> None:
@@ -162,7 +188,7 @@ def cmd_run(args) -> int:
         executor = executors.make(args.executor, args.workers, args.address)
         summary = run(specs, chosen, tracks, store, args.data_root, chunk_size=args.chunk_size,
                       progress=not args.no_progress, executor=executor,
-                      alphas=tuple(args.alpha) or None)
+                      alphas=tuple(args.alpha) or None, trial_timeout=args.trial_timeout)
         print(f"ran {summary.ran} trials ({summary.failed} failed), skipped {summary.skipped} "
               f"already stored, in {summary.seconds:.1f} s; store: {args.store}", file=sys.stderr)
         rows = [r for r in store.rows() if r["scenario"] in summary.scenarios and r["defense"] in names]
@@ -263,6 +289,28 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_store(args) -> int:
+    import sqlite3
+
+    from bench.store import SCHEMA_VERSION, Store
+
+    if _no_store(args.store):
+        return 2
+    with Store(args.store) as store:  # refuses a foreign file or another schema
+        problems = store.check()
+        try:
+            trials = f"{store.count()} trials ({store.count('failed')} failed)"
+        except sqlite3.DatabaseError:  # a damaged file: check() has said what is wrong
+            trials = "trials unreadable"
+    for problem in problems[:_LISTED_PROBLEMS]:
+        print(f"problem: {problem}")
+    if len(problems) > _LISTED_PROBLEMS:
+        print(f"... and {len(problems) - _LISTED_PROBLEMS} more problems")
+    print(f"{args.store}: {trials}, store schema {SCHEMA_VERSION}: "
+          + (f"{len(problems)} problem(s)" if problems else "no problems found"))
+    return 1 if problems else 0
+
+
 def cmd_reproduce(args) -> int:
     import defenses
     from bench.runner import run
@@ -306,14 +354,16 @@ def _list_defenses(registry) -> int:
 
 
 def cmd_data(args) -> int:
-    from bench.datasets import adult
+    from bench.datasets import adult, cifar10
 
-    path = adult.fetch()
-    print(f"adult: official files verified in {path}")
+    path = {"adult": adult, "cifar10": cifar10}[args.name].fetch()
+    print(f"{args.name}: official files verified in {path}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    import sqlite3
+
     from bench.datasets import DataError
     from bench.store import StoreError
 
@@ -328,11 +378,15 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(["run", *([] if argv is None else argv)])
     handlers = {"run": cmd_run, "leaderboard": cmd_leaderboard, "list": cmd_list,
                 "data": cmd_data, "reproduce": cmd_reproduce, "submit": cmd_submit,
-                "report": cmd_report}
+                "report": cmd_report, "store": cmd_store}
     try:
         return handlers[args.command](args)
     except (UnknownNameError, DataError, StoreError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except sqlite3.DatabaseError as err:  # a store damaged after it was opened
+        print(f"error: the result store cannot be read: {err} (`subpop-bench store check` "
+              f"says more)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted: finished trials are stored; run the same command again to resume",

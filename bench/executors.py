@@ -26,6 +26,7 @@ class WorkUnit:
     trials: tuple[tuple[int, float, int], ...]
     data_root: str | None
     env: str
+    trial_timeout: float | None = None  # seconds a trial's defense may run (None: no limit)
 
 
 def scenario(spec: ScenarioSpec, data_root=None):
@@ -42,7 +43,7 @@ def run_unit(unit: WorkUnit) -> list:
     from bench.runner import run_chunk
 
     sc = scenario(unit.spec, unit.data_root)
-    return run_chunk(sc, unit.defense, unit.track, list(unit.trials), unit.env)
+    return run_chunk(sc, unit.defense, unit.track, list(unit.trials), unit.env, unit.trial_timeout)
 
 
 class Sequential:

@@ -75,6 +75,9 @@ class Scenario:
         subpops = finder.find(splits, seed=spec.seed)
         targets = spec.target_rule.select(subpops)
         recipe = models.make(spec.model, **dict(spec.model_params))
+        # A bad attack name or hyper-parameter is the spec's fault: say so now, rather than as
+        # the recorded failure of every trial.
+        attacks.make(spec.attack, **dict(spec.attack_params))
         seeds = [derive_seed(spec.hash, "clean", i) for i in range(spec.clean_models)]
         return cls(spec, splits, subpops, targets, recipe, seeds)
 
@@ -143,7 +146,11 @@ def apply_defense(defense: Defense, X, y, n_classes, recipe, budget, seed, fitte
     result = defense.sanitize(data)
     if not isinstance(result, Sanitized):
         raise TypeError(f"{defense.name}.sanitize returned {type(result).__name__}, expected Sanitized")
-    weights = np.asarray(result.weights, dtype=np.float64)
+    weights = np.asarray(result.weights)
+    if weights.dtype.kind not in "biuf":  # strings or objects would convert, or fail, obscurely
+        raise TypeError(f"{defense.name} returned weights of dtype {weights.dtype}, expected "
+                        f"booleans or real numbers")
+    weights = weights.astype(np.float64)
     if weights.shape != (len(y),):
         raise ValueError(f"{defense.name} returned weights of shape {weights.shape}, expected ({len(y)},)")
     if not np.all(np.isfinite(weights)) or (weights < 0).any():
@@ -155,6 +162,8 @@ def apply_defense(defense: Defense, X, y, n_classes, recipe, budget, seed, fitte
     labels = None
     if result.labels is not None:
         labels = np.asarray(result.labels)
+        if labels.dtype.kind not in "iu":  # float labels would be truncated, NaN made garbage
+            raise TypeError(f"{defense.name} returned labels of dtype {labels.dtype}, expected integers")
         if labels.shape != (len(y),) or labels.min() < 0 or labels.max() >= n_classes:
             raise ValueError(f"{defense.name} returned labels of shape {labels.shape} or out of range")
         labels = labels[inverse].astype(np.int64)
@@ -192,7 +201,46 @@ def _report(fitted) -> dict:
 
 
 def _correct(sc: Scenario, fitted) -> np.ndarray:
-    return fitted.predict(sc.splits.test.X) == sc.splits.test.y
+    predicted = np.asarray(fitted.predict(sc.splits.test.X))
+    if predicted.shape != sc.splits.test.y.shape:  # a wrong shape would broadcast, or compare False
+        raise ValueError(f"a model's predict returned shape {predicted.shape}, expected "
+                         f"{sc.splits.test.y.shape}")
+    return predicted == sc.splits.test.y
+
+
+def _poisons(sc: Scenario, target: int, alpha: float, trial: int):
+    """The checked poison set ``(X_p, y_p)`` of a trial, or the :class:`_Failure` of its attack.
+    A failure is cached with the poison sets, so every defense's chunk sees the same outcome and
+    a failing attack is not run again."""
+    key = (target, alpha, trial)
+    try:
+        out = sc.poison(*key)
+        if isinstance(out, _Failure):
+            return out
+        return _checked_poisons(sc, out, attacks.poison_count(alpha, sc.target_size(target)))
+    except Exception as err:  # an attack's fault fails this trial only
+        sc.poisons[key] = _Failure(f"attack {sc.spec.attack} failed: {_failure(err)}")
+        return sc.poisons[key]
+
+
+def _checked_poisons(sc: Scenario, out, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """``out`` as (m, d) float32 and (m,) int64 arrays, or an error naming what is wrong."""
+    if not (isinstance(out, tuple) and len(out) == 2):
+        raise TypeError(f"generate returned {type(out).__name__}, expected a pair (X_p, y_p)")
+    X_p, y_p = np.asarray(out[0]), np.asarray(out[1])
+    d = sc.splits.n_features
+    if X_p.shape != (m, d) or y_p.shape != (m,):
+        raise ValueError(f"generate returned X_p of shape {X_p.shape} and y_p of shape "
+                         f"{y_p.shape}, expected ({m}, {d}) and ({m},)")
+    if X_p.dtype.kind not in "biuf":
+        raise TypeError(f"generate returned X_p of dtype {X_p.dtype}, expected real numbers")
+    if not np.isfinite(X_p).all():
+        raise ValueError("generate returned X_p with NaN or infinite values")
+    if y_p.dtype.kind not in "iu":
+        raise TypeError(f"generate returned y_p of dtype {y_p.dtype}, expected integer labels")
+    if m and (y_p.min() < 0 or y_p.max() >= sc.splits.n_classes):
+        raise ValueError(f"generate returned labels outside the classes 0..{sc.splits.n_classes - 1}")
+    return X_p.astype(np.float32), y_p.astype(np.int64)
 
 
 class _Pool:
@@ -237,18 +285,25 @@ def _defend(sc: Scenario, defense: Defense, pool: _Pool, i: int | None, budget, 
 
 
 def run_chunk(sc: Scenario, defense: Defense, track: str, trials: list[tuple[int, float, int]],
-              env: str) -> list[TrialRow]:
+              env: str, trial_timeout: float | None = None) -> list[TrialRow]:
     """Attack, defend, train and measure ``trials`` of one (scenario, defense, track); returns one
     row per trial, failed trials included.
 
     The defenses of all trials run together (their own fits batched by a :class:`FitBatcher`),
     then all victims are trained in one ``fit_many`` over a pool of D and the chunk's poisons.
+    A trial whose attack fails, or whose defense fails or runs past ``trial_timeout`` seconds,
+    is a failed row with the reason; the other trials go on.
     """
     spec, D = sc.spec, sc.splits.train
     did = defense_id(defense)
     informed = track == "informed"
-    pool = _Pool(D, [sc.poison(*g) for g in trials])
-    batcher = FitBatcher(lambda jobs: sc.recipe.fit_many(pool.X, pool.y, sc.splits.n_classes, jobs))
+    poisons = {g: _poisons(sc, *g) for g in trials}
+    plans = [{"trial": g, "seed": sc.victim_seed(*g), "error": str(poisons[g])}
+             for g in trials if isinstance(poisons[g], _Failure)]
+    trials = [g for g in trials if not isinstance(poisons[g], _Failure)]  # from here: attacked
+    pool = _Pool(D, [poisons[g] for g in trials])
+    batcher = FitBatcher(lambda jobs: sc.recipe.fit_many(pool.X, pool.y, sc.splits.n_classes, jobs),
+                         trial_timeout)
 
     tasks, keys = [], []
     for i, (target, alpha, trial) in enumerate(trials):
@@ -275,7 +330,6 @@ def run_chunk(sc: Scenario, defense: Defense, track: str, trials: list[tuple[int
             raise out
 
     jobs: list[models.TrainJob] = []
-    plans = []
     for i, (target, alpha, trial) in enumerate(trials):
         seed = sc.victim_seed(target, alpha, trial)
         rows = pool.rows(i)
@@ -364,10 +418,13 @@ class RunSummary:
 
 def run(specs: list[ScenarioSpec], defense_list: list[Defense], tracks=("informed", "blind"),
         store: Store | None = None, data_root=None, chunk_size: int = 64, progress: bool = True,
-        log=None, executor=None, alphas: tuple[float, ...] | None = None) -> RunSummary:
+        log=None, executor=None, alphas: tuple[float, ...] | None = None,
+        trial_timeout: float | None = None) -> RunSummary:
     """Run every (scenario, defense, track) trial not yet in ``store``; returns counts.
 
     ``alphas``, when given, restricts each scenario to those of its poison rates.
+    ``trial_timeout`` (seconds), when given, fails a trial whose defense runs longer (see
+    :class:`bench.batching.FitBatcher` for how a chunk's concurrent defenses are timed).
 
     ``executor`` (default in-process, see :mod:`bench.executors`) runs the chunks; the rows of
     each finished chunk are stored at once, in one transaction, by this process only.
@@ -376,6 +433,8 @@ def run(specs: list[ScenarioSpec], defense_list: list[Defense], tracks=("informe
 
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if trial_timeout is not None and not trial_timeout > 0:
+        raise ValueError(f"trial_timeout must be > 0 seconds, got {trial_timeout}")
     log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
     start = time.time()
     summary = RunSummary()
@@ -395,7 +454,8 @@ def run(specs: list[ScenarioSpec], defense_list: list[Defense], tracks=("informe
                 pending = [g for g in grid if trial_key(spec, *g, defense, track) not in stored]
                 summary.skipped += len(grid) - len(pending)
                 units += [executors.WorkUnit(spec, defense, track, tuple(pending[i:i + chunk_size]),
-                                             None if data_root is None else str(data_root), env)
+                                             None if data_root is None else str(data_root), env,
+                                             trial_timeout)
                           for i in range(0, len(pending), chunk_size)]
         log(f"{spec.id}: {len(sc.targets)} targets, {len(sc.splits.train)} training points")
     bar.total = sum(len(u.trials) for u in units)

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from bench.registry import Registry
-from bench.subpops import TargetRule
+from bench.subpops import ConfidenceBands, TargetRule
 
 Params = tuple[tuple[str, Any], ...]
 
@@ -38,10 +39,17 @@ class ScenarioSpec:
     target_rule: TargetRule = field(default_factory=TargetRule)
 
     def __post_init__(self):
-        if not self.alphas or any(a <= 0 for a in self.alphas):
-            raise ValueError(f"alphas must be positive, got {self.alphas}")
-        if self.trials < 1 or self.clean_models < 1:
-            raise ValueError("trials and clean_models must be >= 1")
+        for name in ("dataset", "model", "finder", "attack"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ValueError(f"a scenario's {name} must be a registered name, got "
+                                 f"{getattr(self, name)!r}")
+        if not isinstance(self.alphas, tuple) or not self.alphas or not all(
+                _is_number(a) and a > 0 for a in self.alphas):
+            raise ValueError(f"alphas must be a non-empty tuple of positive numbers, got {self.alphas!r}")
+        for name in ("trials", "clean_models"):
+            value = getattr(self, name)
+            if not _is_integer(value) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
     @property
     def id(self) -> str:
@@ -58,6 +66,14 @@ class ScenarioSpec:
         """sha256 (first 16 hex digits) of the canonical JSON of the spec."""
         text = json.dumps(self.to_dict(), sort_keys=True, default=list)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 SCENARIOS: Registry = Registry("scenario")
@@ -100,4 +116,85 @@ register_suite("synthetic", [
 PAPER_ADULT = [SCENARIOS.get(spec_id) for spec_id in SUITES.get("paper-adult")]
 register_suite("adult-attacks", PAPER_ADULT + [
     replace(spec, attack=attack, trials=1) for attack in ("go", "influence") for spec in PAPER_ADULT
+])
+
+# IMDB (PROTOCOL.md section 3): ClusterMatch on the attacker model's hidden states, PCA(10), the
+# 10 lowest / median / highest clusters by its confidence. Label flipping gives every poison the
+# least frequent true class of the cluster, which for a sentiment cluster is the class the
+# attacker model scores lowest there. The offline suite reads the first 64 tokens of each review:
+# the encoder is the cost on a CPU (50,000 reviews, once; docs/reproduction.md).
+IMDB_TARGETS = ConfidenceBands(per_band=10)
+MINILM_PARAMS = freeze({"max_tokens": 64})
+register_suite("offline-imdb", [
+    ScenarioSpec("imdb", "minilm-ll", "clustermatch", "label-flip", target_rule=IMDB_TARGETS,
+                 model_params=MINILM_PARAMS,
+                 finder_params=freeze({"k": 100, "pca_components": 10, "surrogate": "minilm-ll",
+                                       "surrogate_params": MINILM_PARAMS, "layer": "embed"}),
+                 attack_params=freeze({"rule": "least-frequent"})),
+])
+
+# UTKFace offline (PROTOCOL.md sections 2-3): the benchmark's CIFAR-10-pretrained conv (frozen) +
+# linear head; FeatureMatch race x age bucket and ClusterMatch on the backbone's features
+# (PCA 40); images attack every subpopulation with a test point.
+IMAGE_FLIP = freeze({"rule": "least-frequent"})
+register_suite("offline-utkface", [
+    ScenarioSpec("utkface", "cifar10-conv-ll", "featurematch", "label-flip",
+                 finder_params=freeze({"columns": ("race", "age_bucket")}), attack_params=IMAGE_FLIP),
+    ScenarioSpec("utkface", "cifar10-conv-ll", "clustermatch", "label-flip",
+                 finder_params=freeze({"k": 100, "pca_components": 40, "surrogate": "cifar10-conv-ll",
+                                       "layer": "embed"}), attack_params=IMAGE_FLIP),
+])
+
+# CIFAR-10, the paper's Table 3: ClusterMatch (k = 100, PCA 40 on D_aux) on each representation of
+# the attacker's `conv` trained on D_aux: the pixels, the three scales and the last hidden layer.
+# Each trial trains the whole network (12 epochs on 25,000 images): a GPU suite
+# (docs/reproduction.md).
+register_suite("paper-cifar10", [
+    ScenarioSpec("cifar10", "conv", f"clustermatch@{layer}", "label-flip", attack_params=IMAGE_FLIP,
+                 finder_params=freeze({"k": 100, "pca_components": 40,
+                                       **({} if layer == "input" else {"surrogate": "conv"})}))
+    for layer in ("input", "pool1", "pool2", "pool3", "embed")
+])
+
+# The paper's UTKFace and IMDB settings and the large-model (fine-tuned) suites. They need the
+# ImageNet VGG-16 / bert-base-uncased weights (bench/models/pretrained.py) and, for -ft and BERT,
+# a GPU: every trial trains the network.
+UTK_FEATURES = freeze({"columns": ("race", "age_bucket")})
+
+
+def _utkface(model: str) -> list[ScenarioSpec]:
+    return [ScenarioSpec("utkface", model, "featurematch", "label-flip", finder_params=UTK_FEATURES,
+                         attack_params=IMAGE_FLIP),
+            ScenarioSpec("utkface", model, "clustermatch", "label-flip", attack_params=IMAGE_FLIP,
+                         finder_params=freeze({"k": 100, "pca_components": 40, "surrogate": model,
+                                               "layer": "embed"}))]
+
+
+def _imdb(model: str) -> list[ScenarioSpec]:
+    return [ScenarioSpec("imdb", model, "clustermatch", "label-flip", target_rule=IMDB_TARGETS,
+                         finder_params=freeze({"k": 100, "pca_components": 10, "surrogate": model,
+                                               "layer": "embed"}),
+                         attack_params=freeze({"rule": "least-frequent"}))]
+
+
+register_suite("paper-utkface", _utkface("vgg16-ll"))
+register_suite("paper-imdb", _imdb("bert-ll"))
+register_suite("paper-utkface-ft", _utkface("vgg16-ft"))
+register_suite("paper-imdb-ft", _imdb("bert-ft"))
+register_suite("paper-cifar10-ft", [
+    ScenarioSpec("cifar10", "vgg16-ft", "clustermatch", "label-flip", attack_params=IMAGE_FLIP,
+                 model_params=freeze({"lr": 1e-3, "input_size": 32}),
+                 finder_params=freeze({"k": 100, "pca_components": 40, "surrogate": "vgg16-ft",
+                                       "surrogate_params": freeze({"lr": 1e-3, "input_size": 32}),
+                                       "layer": "embed"})),
+])
+
+# The same at a scale a CPU can run (docs/reproduction.md): CIFAR-10 at a tenth (D, D_aux 2,500,
+# D_t 1,000), conv of width 8 trained 2 epochs, k = 10, alpha 2, one trial.
+register_suite("paper-cifar10-small", [
+    ScenarioSpec("cifar10-small", "conv", f"clustermatch@{layer}", "label-flip", alphas=(2.0,), trials=1,
+                 clean_models=1, attack_params=IMAGE_FLIP, model_params=freeze({"width": 8, "epochs": 2}),
+                 finder_params=freeze({"k": 10, "pca_components": 40, **({} if layer == "input" else {
+                     "surrogate": "conv", "surrogate_params": freeze({"width": 8, "epochs": 2})})}))
+    for layer in ("input", "pool1", "pool2", "pool3", "embed")
 ])

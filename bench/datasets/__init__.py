@@ -40,11 +40,13 @@ class Part:
 @dataclass(frozen=True, eq=False)
 class FeatureDomain:
     """The valid input region: per-feature ``lower``/``upper`` bounds (d,) and one-hot groups
-    (tuples of column indices of which exactly one is hot). Attacks project poisons onto it."""
+    (tuples of column indices of which exactly one is hot). Attacks project poisons onto it.
+    ``discrete``: the features are symbols (text token ids), which gradient attacks cannot move."""
 
     lower: np.ndarray
     upper: np.ndarray
     onehot_groups: tuple[tuple[int, ...], ...] = ()
+    discrete: bool = False
 
 
 @dataclass(frozen=True, eq=False)
@@ -112,4 +114,4 @@ def load(name: str, seed: int = 0, data_root: str | os.PathLike | None = None) -
     return DATASETS.get(name)(seed=seed, data_root=data_root)
 
 
-from bench.datasets import adult, digits, synthetic  # noqa: E402,F401  (register built-ins)
+from bench.datasets import adult, cifar10, digits, imdb, synthetic, utkface  # noqa: E402,F401  (register built-ins)

@@ -55,7 +55,10 @@ def read_file(path: Path) -> pd.DataFrame:
             f"adult/), or run `subpop-bench data fetch adult` on a machine with a network."
         )
     md5, rows = FILES[path.name]
-    verify_md5(path, md5)
+    try:
+        verify_md5(path, md5)
+    except OSError as err:  # e.g. a folder in its place, or no permission to read it
+        raise DataError(f"cannot read the UCI Adult file {path}: {err.strerror or err}") from None
     frame = pd.read_csv(path, header=None, names=list(COLUMNS), skipinitialspace=True,
                         comment="|", skip_blank_lines=True, dtype=str)
     frame["income"] = frame["income"].str.rstrip(".")

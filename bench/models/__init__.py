@@ -69,4 +69,4 @@ def make(name: str, **params):
     return MODELS.get(name)(**params)
 
 
-from bench.models import mlp  # noqa: E402,F401  (register built-ins)
+from bench.models import conv, heads, mlp, pretrained  # noqa: E402,F401  (register built-ins)

@@ -1,0 +1,126 @@
+"""The benchmark's own image backbone: the ``conv`` network pretrained on CIFAR-10, for machines
+that cannot download ImageNet weights (PROTOCOL.md section 2, offline variants).
+
+Pretraining is short on a CPU (a narrow network on a class-stratified subset of the CIFAR-10
+training images) and runs once: the weights go to ``<user cache>/backbones/<name>/weights.pt``
+beside ``meta.json``, which records the command that made them, the settings, the wall time and
+the accuracy on the CIFAR-10 test images. CIFAR-10 is disjoint from UTKFace, the dataset the
+backbone then serves. Run it ahead of time with::
+
+    python -m bench.models.pretrain --width 8 --images 5000 --epochs 2 --seed 0
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.datasets import DataError, three_way_split, user_cache_dir
+from bench.datasets.archives import images_to_X
+from bench.models.conv import ConvNet, forward_batched, image_inputs, train_network
+
+INPUT_SIZE = 32
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """Pretraining settings: network ``width`` (the paper's is 32), ``images`` CIFAR-10 training
+    images (stratified), ``epochs`` of Adam (``lr``, batches of ``batch_size``, shift + flip
+    augmentation), ``seed``."""
+
+    width: int = 8
+    images: int = 5000
+    epochs: int = 2
+    seed: int = 0
+    lr: float = 1e-3
+    batch_size: int = 64
+
+    def __post_init__(self):
+        if self.width < 1 or not 10 <= self.images <= 50000 or self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"backbone needs width >= 1, 10 <= images <= 50000, epochs >= 1 and "
+                             f"batch_size >= 1; got {self}")
+
+    @property
+    def name(self) -> str:
+        return f"cifar10-conv-w{self.width}-n{self.images}-e{self.epochs}-s{self.seed}"
+
+    @property
+    def folder(self) -> Path:
+        return user_cache_dir() / "backbones" / self.name
+
+    @property
+    def command(self) -> str:
+        return (f"python -m bench.models.pretrain --width {self.width} --images {self.images} "
+                f"--epochs {self.epochs} --seed {self.seed} --lr {self.lr:g} --batch-size {self.batch_size}")
+
+
+def pretrain(spec: Backbone, data_root=None) -> Path:
+    """Train the backbone on CIFAR-10 and store it; returns the weights file."""
+    from bench.datasets import cifar10, resolve_data_root
+
+    arrays = cifar10.read(resolve_data_root(data_root) / "cifar10")
+    labels = arrays["train_labels"]
+    rows, _, _ = three_way_split(len(labels), (spec.images, 0, 0), spec.seed, stratify=labels)
+    X = images_to_X(arrays["train_images"][rows])
+    torch.manual_seed(spec.seed)
+    net = ConvNet(spec.width, 10)
+    start = time.time()
+    train_network(net, X, labels[rows], np.ones(len(rows)), spec.seed, spec.epochs, spec.batch_size,
+                  torch.optim.Adam(net.parameters(), lr=spec.lr),
+                  image_inputs(INPUT_SIZE, augmented=True, seed=spec.seed))
+    seconds = time.time() - start
+    test = images_to_X(arrays["test_images"])
+    accuracy = float((forward_batched(net, test, INPUT_SIZE).argmax(1) == arrays["test_labels"]).mean())
+    spec.folder.mkdir(parents=True, exist_ok=True)
+    weights = spec.folder / "weights.pt"
+    fd, tmp = tempfile.mkstemp(dir=spec.folder, suffix=".pt")
+    os.close(fd)
+    torch.save(net.state_dict(), tmp)
+    os.replace(tmp, weights)
+    meta = {"command": spec.command, "settings": asdict(spec), "train_seconds": round(seconds, 1),
+            "cifar10_test_accuracy": accuracy, "torch": torch.__version__,
+            "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
+    (spec.folder / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return weights
+
+
+def load(spec: Backbone, data_root=None) -> tuple[ConvNet, str]:
+    """The pretrained network and its weights' sha256; pretrains it first when it is not cached
+    (that needs CIFAR-10 under the data root)."""
+    weights = spec.folder / "weights.pt"
+    if not weights.exists():
+        try:
+            pretrain(spec, data_root)
+        except DataError as err:
+            raise DataError(f"backbone {spec.name} is not in {spec.folder} and cannot be pretrained: "
+                            f"{err}. Make it where CIFAR-10 is available with `{spec.command}` and "
+                            f"copy {spec.folder} here.") from None
+    net = ConvNet(spec.width, 10)
+    net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    return net.eval(), hashlib.sha256(weights.read_bytes()).hexdigest()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    defaults = Backbone()
+    for field in ("width", "images", "epochs", "seed", "batch_size"):
+        parser.add_argument(f"--{field.replace('_', '-')}", type=int, default=getattr(defaults, field))
+    parser.add_argument("--lr", type=float, default=defaults.lr)
+    parser.add_argument("--data-root", default=None)
+    args = parser.parse_args(argv)
+    spec = Backbone(args.width, args.images, args.epochs, args.seed, args.lr, args.batch_size)
+    weights = pretrain(spec, args.data_root)
+    print(json.dumps(json.loads((weights.parent / "meta.json").read_text()), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
