@@ -583,18 +583,23 @@ def _archive(path, damage: str) -> None:
             info.size = len(content)
             tar.addfile(info, io.BytesIO(content))
     data = buffer.getvalue()
-    path.write_bytes({"truncated": data[:len(data) // 2], "not an archive": b"<html>404</html>"}[damage])
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0xFF
+    path.write_bytes({"truncated": data[:len(data) // 2], "not an archive": b"<html>404</html>",
+                      "one byte changed": bytes(flipped)}[damage])
 
 
-@pytest.mark.parametrize("damage", ["truncated", "not an archive"])
+@pytest.mark.parametrize("damage", ["truncated", "not an archive", "one byte changed"])
 def test_damaged_archive_is_a_data_error(tmp_path, damage):
     from bench.datasets import DataError
-    from bench.datasets.archives import members
+    from bench.datasets.archives import member_names, members
 
     path = tmp_path / "aclImdb_v1.tar.gz"
     _archive(path, damage)
     with pytest.raises(DataError, match=f"could not read {path} as a tar archive: "):
         list(members(path, ".txt"))
+    with pytest.raises(DataError, match=f"could not read {path} as a tar archive: "):
+        member_names(path, ".txt")
 
 
 @pytest.mark.parametrize("damage", ["not an image", "truncated JPEG"])

@@ -12,6 +12,7 @@ import json
 import os
 import tarfile
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -29,22 +30,33 @@ def members(source: Path, suffix: str) -> Iterator[tuple[str, bytes]]:
             if path.is_file():
                 yield path.relative_to(source).as_posix(), path.read_bytes()
         return
+    yield from _archive_files(source, suffix, read=True)
+
+
+def member_names(source: Path, suffix: str) -> list[str]:
+    """The relative paths :func:`members` would yield, without keeping the contents."""
+    if source.is_dir():
+        return [p.relative_to(source).as_posix() for p in sorted(source.rglob(f"*{suffix}"))
+                if p.is_file()]
+    return [name for name, _ in _archive_files(source, suffix, read=False)]
+
+
+def _archive_files(source: Path, suffix: str, read: bool) -> Iterator[tuple[str, bytes | None]]:
+    """``(name, content or None)`` of the archive's files ending in ``suffix``; any damage
+    becomes a :class:`DataError`.
+
+    tarfile stops at the end-of-archive blocks, before the gzip trailer, so bytes changed inside
+    a compressed archive would go unnoticed: the rest of the stream is read at the end, which
+    makes gzip check its CRC and length."""
     try:
         with tarfile.open(source, "r:*") as tar:
             for info in tar:
                 if info.isfile() and info.name.endswith(suffix):
-                    yield info.name.removeprefix("./"), tar.extractfile(info).read()
-    except (tarfile.TarError, OSError, EOFError) as err:
+                    yield info.name.removeprefix("./"), tar.extractfile(info).read() if read else None
+            while tar.fileobj.read(1 << 20):
+                pass
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as err:
         raise DataError(f"could not read {source} as a tar archive: {err}") from err
-
-
-def member_names(source: Path, suffix: str) -> list[str]:
-    """The relative paths :func:`members` would yield, without reading the contents."""
-    if source.is_dir():
-        return [p.relative_to(source).as_posix() for p in sorted(source.rglob(f"*{suffix}"))
-                if p.is_file()]
-    with tarfile.open(source, "r:*") as tar:
-        return [i.name.removeprefix("./") for i in tar if i.isfile() and i.name.endswith(suffix)]
 
 
 def decode_image(content: bytes, size: int, name: str) -> np.ndarray:
