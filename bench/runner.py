@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import platform
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -108,7 +109,9 @@ class Scenario:
     def target_size(self, target: int) -> int:
         return int((self.subpops.aux == target).sum())
 
-    def poison(self, target: int, alpha: float, trial: int):
+    def poison(self, target: int, alpha: float, trial: int, time_limit: float | None = None):
+        """The poison set (X_p, y_p) of a trial, generated once; an attack running past
+        ``time_limit`` seconds raises :class:`TimeoutError` (and nothing is cached)."""
         key = (target, alpha, trial)
         if key not in self.poisons:
             # One attack instance per scenario: the optimisation attacks cache their surrogate
@@ -122,7 +125,7 @@ class Scenario:
             m = attacks.poison_count(alpha, self.target_size(target))
             rng = np.random.default_rng(derive_seed(self.spec.hash, target, alpha, trial, "poison"))
             t0 = time.time()
-            self.poisons[key] = attack.generate(data, m, rng)
+            self.poisons[key] = _within(time_limit, lambda: attack.generate(data, m, rng))
             self.attack_seconds[key] = time.time() - t0
         return self.poisons[key]
 
@@ -208,13 +211,36 @@ def _correct(sc: Scenario, fitted) -> np.ndarray:
     return predicted == sc.splits.test.y
 
 
-def _poisons(sc: Scenario, target: int, alpha: float, trial: int):
+def _within(seconds: float | None, fn):
+    """``fn()``, given up with :class:`TimeoutError` after ``seconds`` (None: no limit). Python
+    cannot stop a thread: a given-up call runs on in a daemon thread and its result is dropped."""
+    if seconds is None:
+        return fn()
+    box: dict = {}
+
+    def body():
+        try:
+            box["value"] = fn()
+        except BaseException as err:  # re-raised in the caller
+            box["error"] = err
+
+    thread = threading.Thread(target=body, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise TimeoutError(f"timed out after {seconds:g} s")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def _poisons(sc: Scenario, target: int, alpha: float, trial: int, time_limit: float | None = None):
     """The checked poison set ``(X_p, y_p)`` of a trial, or the :class:`_Failure` of its attack.
     A failure is cached with the poison sets, so every defense's chunk sees the same outcome and
     a failing attack is not run again."""
     key = (target, alpha, trial)
     try:
-        out = sc.poison(*key)
+        out = sc.poison(*key, time_limit=time_limit)
         if isinstance(out, _Failure):
             return out
         return _checked_poisons(sc, out, attacks.poison_count(alpha, sc.target_size(target)))
@@ -297,7 +323,7 @@ def run_chunk(sc: Scenario, defense: Defense, track: str, trials: list[tuple[int
     spec, D = sc.spec, sc.splits.train
     did = defense_id(defense)
     informed = track == "informed"
-    poisons = {g: _poisons(sc, *g) for g in trials}
+    poisons = {g: _poisons(sc, *g, trial_timeout) for g in trials}
     plans = [{"trial": g, "seed": sc.victim_seed(*g), "error": str(poisons[g])}
              for g in trials if isinstance(poisons[g], _Failure)]
     trials = [g for g in trials if not isinstance(poisons[g], _Failure)]  # from here: attacked

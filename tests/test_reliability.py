@@ -410,10 +410,12 @@ class FlakyFlip(LabelFlip):
         fault = dict(self.faults).get(first)
         if fault == "raise":
             raise RuntimeError("the attack broke on this target")
+        if fault == "slow":  # past ATTACK_TIME_LIMIT; its late answer must be dropped
+            time.sleep(3 * ATTACK_TIME_LIMIT)
         X_p, y_p = super().generate(data, m, rng)
         return {"shape": (X_p[:-1], y_p), "nan": (np.where(X_p == X_p.max(), np.nan, X_p), y_p),
                 "labels": (X_p, y_p + 2), "not-a-pair": X_p, "float-labels": (X_p, y_p + 0.0),
-                None: (X_p, y_p)}[fault]
+                "slow": (X_p, y_p), None: (X_p, y_p)}[fault]
 
 
 attacks.ATTACKS.add("test-flaky-flip", FlakyFlip)
@@ -426,7 +428,9 @@ ATTACK_FAULTS = {
     "labels": "generate returned labels outside the classes 0..1",
     "float-labels": "generate returned y_p of dtype float64, expected integer labels",
     "not-a-pair": "generate returned ndarray, expected a pair (X_p, y_p)",
+    "slow": "attack test-flaky-flip failed: TimeoutError: timed out after 2 s",
 }
+ATTACK_TIME_LIMIT = 2.0  # seconds, --trial-timeout of the attack run
 
 
 @pytest.fixture(scope="module")
@@ -439,7 +443,8 @@ def attack_run(scenario, tmp_path_factory):
     FlakyFlip.calls.clear()
     with Store(tmp_path_factory.mktemp("attacks") / "s.sqlite") as store:
         summary = run([spec], [defenses.make("none"), defenses.make("sphere")], tracks=("blind",),
-                      store=store, progress=False, log=quiet, alphas=(ALPHA,))
+                      store=store, progress=False, log=quiet, alphas=(ALPHA,),
+                      trial_timeout=ATTACK_TIME_LIMIT)
         return summary, store.rows(), faulty, first_rows, list(FlakyFlip.calls)
 
 
