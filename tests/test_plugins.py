@@ -24,13 +24,17 @@ CLI = [sys.executable, "-m", "bench.cli"]
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory) -> dict:
-    """The example package installed (pip, no network) into a folder on the subprocesses' path."""
-    target, source = tmp_path_factory.mktemp("site"), tmp_path_factory.mktemp("src") / "my_defense"
+def installed(tmp_path_factory):
+    """The example package pip-installed (no network) into this test environment, and
+    uninstalled afterwards."""
+    source = tmp_path_factory.mktemp("src") / "my_defense"
     shutil.copytree(EXAMPLE, source)  # the build writes into the source tree: keep the checkout clean
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-build-isolation", "--no-deps",
-                    "--no-index", "--target", str(target), str(source)], check=True)
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), str(ROOT)])}
+    pip = [sys.executable, "-m", "pip", "-q"]
+    subprocess.run([*pip, "install", "--no-build-isolation", "--no-deps", "--no-index", str(source)], check=True)
+    try:
+        yield {**os.environ, "PYTHONPATH": str(ROOT)}
+    finally:
+        subprocess.run([*pip, "uninstall", "-y", "my-defense"], check=True)
 
 
 def test_installed_plugin_is_listed(installed):
