@@ -133,17 +133,23 @@ class Scenario:
         return derive_seed(self.spec.hash, target, alpha, trial, "victim")
 
 
-def apply_defense(defense: Defense, X, y, n_classes, recipe, budget, seed, fitter=None, trusted=None):
-    """Run the defense on (X, y) shuffled (so position reveals nothing), return
-    ``("weights", Sanitized)`` or ``("model", model)`` in the original order.
+def apply_defense(defense: Defense, X, y, n_classes, recipe, budget, seed, fitter=None, trusted=None,
+                  rows=None):
+    """Run the defense on the training set shuffled (so position reveals nothing), return
+    ``("weights", Sanitized)`` or ``("model", model)`` in the training set's order.
 
-    ``fitter(jobs, order)``, when given, trains jobs whose weights follow the shuffled ``order``
-    (the runner's batched path); otherwise the recipe trains them directly. ``trusted`` (n,) bool
-    marks verified-clean rows; only a defense that ``needs_trusted`` sees it."""
-    order = np.random.default_rng(seed).permutation(len(y))
+    The training set is ``X`` (n, d), ``y`` (n,), or with ``rows`` (n,) the rows ``X[rows]``,
+    ``y[rows]`` of a larger pool (the runner's: then the defense copies features out only if it
+    reads them). ``fitter(jobs, order)``, when given, trains jobs whose weights follow the
+    shuffled ``order`` (the runner's batched path); otherwise the recipe trains them directly.
+    ``trusted`` (n,) bool marks verified-clean rows; only a defense that ``needs_trusted`` sees
+    it."""
+    n = len(y) if rows is None else len(rows)
+    order = np.random.default_rng(seed).permutation(n)
     shown = trusted[order] if trusted is not None and defense.needs_trusted else None
-    data = DefenseInput(X[order], y[order], n_classes, recipe, budget, seed,
-                        None if fitter is None else (lambda jobs: fitter(jobs, order)), shown)
+    selected = order if rows is None else np.asarray(rows)[order]
+    data = DefenseInput(X, np.asarray(y)[selected], n_classes, recipe, budget, seed,
+                        None if fitter is None else (lambda jobs: fitter(jobs, order)), shown, selected)
     if hasattr(defense, "fit"):
         return "model", defense.fit(data)
     result = defense.sanitize(data)
@@ -154,8 +160,8 @@ def apply_defense(defense: Defense, X, y, n_classes, recipe, budget, seed, fitte
         raise TypeError(f"{defense.name} returned weights of dtype {weights.dtype}, expected "
                         f"booleans or real numbers")
     weights = weights.astype(np.float64)
-    if weights.shape != (len(y),):
-        raise ValueError(f"{defense.name} returned weights of shape {weights.shape}, expected ({len(y)},)")
+    if weights.shape != (n,):
+        raise ValueError(f"{defense.name} returned weights of shape {weights.shape}, expected ({n},)")
     if not np.all(np.isfinite(weights)) or (weights < 0).any():
         raise ValueError(f"{defense.name} returned NaN, infinite or negative weights")
     if not (weights > 0).any():
@@ -167,7 +173,7 @@ def apply_defense(defense: Defense, X, y, n_classes, recipe, budget, seed, fitte
         labels = np.asarray(result.labels)
         if labels.dtype.kind not in "iu":  # float labels would be truncated, NaN made garbage
             raise TypeError(f"{defense.name} returned labels of dtype {labels.dtype}, expected integers")
-        if labels.shape != (len(y),) or labels.min() < 0 or labels.max() >= n_classes:
+        if labels.shape != (n,) or labels.min() < 0 or labels.max() >= n_classes:
             raise ValueError(f"{defense.name} returned labels of shape {labels.shape} or out of range")
         labels = labels[inverse].astype(np.int64)
     return "weights", Sanitized(weights[inverse], labels)
@@ -304,8 +310,8 @@ def _defend(sc: Scenario, defense: Defense, pool: _Pool, i: int | None, budget, 
             return batched_fit([pool.job(rows[order], j.weights, j.labels, j.seed, j.private)
                                 for j in jobs])
 
-        return apply_defense(defense, pool.X[rows], pool.y[rows], sc.splits.n_classes, sc.recipe,
-                             budget, seed, fitter, sc.trusted_mask(len(rows)))
+        return apply_defense(defense, pool.X, pool.y, sc.splits.n_classes, sc.recipe, budget, seed,
+                             fitter, sc.trusted_mask(len(rows)), rows)
 
     return task
 

@@ -13,6 +13,7 @@ the victim recipe, and the budget hint of the track.
 """
 from __future__ import annotations
 
+import functools
 import sys
 from dataclasses import asdict, dataclass, is_dataclass
 from typing import Callable, ClassVar
@@ -38,9 +39,14 @@ class DefenseInput:
     it directly, they call ``fit_recipe`` or ``fit_many``.
     ``trusted`` (n,) bool, only for defenses with ``needs_trusted``: the rows the defender has
     verified to be clean (a random sample of D, see docs/protocol.md); None otherwise.
+
+    The first argument is where the features come from: ``X`` itself, or with ``rows`` (n,) the
+    larger array (N, d) of which the training set is ``source[rows]``. The runner passes its
+    shared pool and the rows, so ``X`` is copied out on a defense's first read of it: a defense
+    that never reads the features (``none``, ``dpa``, ``trim``) costs no copy of an image pool.
     """
 
-    X: np.ndarray
+    source: np.ndarray
     y: np.ndarray
     n_classes: int
     recipe: object
@@ -48,6 +54,12 @@ class DefenseInput:
     seed: int
     fitter: Callable[[list], list] | None = None
     trusted: np.ndarray | None = None
+    rows: np.ndarray | None = None
+
+    @functools.cached_property
+    def X(self) -> np.ndarray:
+        """The training set's features (n, d)."""
+        return self.source if self.rows is None else self.source[self.rows]
 
     def fit_recipe(self, weights: np.ndarray | None = None, labels: np.ndarray | None = None):
         """Train the victim recipe on the training set, optionally re-weighted (n,) or

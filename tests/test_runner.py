@@ -116,6 +116,33 @@ def test_defense_sees_shuffled_set_and_the_track_budget(scenario):
 
 
 @dataclass(frozen=True)
+class Untouched(Defense):
+    """Keeps everything without reading the features; records the inputs it was given."""
+
+    name = "untouched"
+    seen: list = None
+
+    def sanitize(self, data):
+        self.seen.append(data)
+        return Sanitized.keep(np.ones(len(data.y), bool))
+
+
+def test_defense_that_never_reads_features_costs_no_copy(scenario):
+    seen = []
+    run([SPEC], [Untouched(seen=seen)], tracks=("blind",), store=None, progress=False, log=lambda *_: None)
+    D = scenario.splits.train
+    poisoned = [data for data in seen if len(data.y) > len(D)]
+    assert poisoned
+    for data in poisoned:
+        # The runner hands over its shared pool and the rows; nothing was copied out of it...
+        assert "X" not in vars(data) and len(data.source) > len(data.y)
+        # ...and reading X gives the shuffled training set, the rows' labels with it.
+        assert np.shares_memory(data.source, seen[0].source)
+        np.testing.assert_array_equal(data.X, data.source[data.rows])
+        assert sorted(map(tuple, data.X[np.isin(data.rows, np.arange(len(D)))])) == sorted(map(tuple, D.X))
+
+
+@dataclass(frozen=True)
 class Broken(Defense):
     name = "broken"
     mode: str = "raise"
