@@ -34,6 +34,7 @@ from scipy.special import expit, softmax
 
 from attacks import AttackInput
 from attacks.label_flip import LabelFlip
+from bench.models.heads import LinearProbe
 from bench.models.mlp import MLP
 
 Solve = Callable[[torch.Tensor], torch.Tensor]  # g (P,) -> M^-1 g (P,)
@@ -230,18 +231,19 @@ class OptimisationAttack:
         """g ↦ M^-1 g for this attack's M, built once per surrogate."""
         raise NotImplementedError
 
-    def prepare(self, data: AttackInput) -> tuple[Surrogate, Solve]:
-        """The surrogate trained on D_aux and its ``solve``, cached per (D_aux, recipe)."""
+    def prepare(self, data: AttackInput) -> tuple[Surrogate, Solve, np.ndarray]:
+        """The surrogate trained on D_aux, its ``solve`` and the surrogate's inputs for D_aux
+        (the features of the frozen encoder for an LL recipe, else X_aux itself), cached per
+        (D_aux, recipe)."""
         key = (data.X_aux, data.y_aux, data.recipe, data.n_classes)
         cached = self._cache.get("key")
         if cached is None or any(a is not b for a, b in zip(cached, key)):
-            if not isinstance(data.recipe, MLP):
-                raise ValueError(f"{self.name} trains its surrogate with the victim recipe and "
-                                 f"supports the mlp and logreg recipes; got {data.recipe!r}")
-            model = data.recipe.fit(data.X_aux, data.y_aux, data.n_classes, seed=self.surrogate_seed)
-            surrogate = Surrogate(model, data.X_aux, data.y_aux, data.recipe.alpha)
-            self._cache.update(key=key, surrogate=surrogate, solve=self.make_solve(surrogate))
-        return self._cache["surrogate"], self._cache["solve"]
+            head, encoder = victim_head(data.recipe, self.name)
+            F_aux = data.X_aux if encoder is None else data.recipe.features(data.X_aux)
+            model = head.fit(F_aux, data.y_aux, data.n_classes, seed=self.surrogate_seed)
+            surrogate = Surrogate(model, F_aux, data.y_aux, head.alpha)
+            self._cache.update(key=key, surrogate=surrogate, solve=self.make_solve(surrogate), F_aux=F_aux)
+        return self._cache["surrogate"], self._cache["solve"], self._cache["F_aux"]
 
     def generate(self, data: AttackInput, m: int, rng: np.random.Generator):
         """Return poisons ``X_p`` (m, d) float32, inside ``data.domain``, and ``y_p`` (m,) int64
@@ -250,12 +252,49 @@ class OptimisationAttack:
         X0, y_p = LabelFlip(self.rule).generate(data, m, rng)
         if m == 0:
             return X0, y_p
-        surrogate, solve = self.prepare(data)
+        surrogate, solve, F_aux = self.prepare(data)
         rows = np.flatnonzero(data.target)
-        w = -solve(surrogate.loss_grad(data.X_aux[rows], data.y_aux[rows])).numpy()
-        X_p, _ = ascend(lambda X: surrogate.objective(w, X, y_p), X0, data.domain, continuous,
-                        self.step_size, self.steps)
+        w = -solve(surrogate.loss_grad(F_aux[rows], data.y_aux[rows])).numpy()
+        _, encoder = victim_head(data.recipe, self.name)
+        if encoder is None:
+            objective = lambda X: surrogate.objective(w, X, y_p)  # noqa: E731
+        else:
+            objective = lambda X: through_encoder(encoder, surrogate, w, X, y_p)  # noqa: E731
+        X_p, _ = ascend(objective, X0, data.domain, continuous, self.step_size, self.steps)
         return X_p.astype(np.float32), y_p
+
+
+def victim_head(recipe, attack: str) -> tuple[MLP, object]:
+    """(the recipe the surrogate trains on its inputs, the frozen encoder in front of it or None):
+    ``mlp``/``logreg`` train on the inputs; a last-layer recipe trains its head on the features
+    of an encoder that must be differentiable, so that poisons move in input space."""
+    if isinstance(recipe, MLP):
+        return recipe, None
+    if isinstance(recipe, LinearProbe):
+        if not hasattr(recipe.encoder, "differentiable"):
+            raise ValueError(f"{attack} moves inputs through the recipe's frozen encoder, and "
+                             f"{type(recipe.encoder).__name__} has no differentiable path")
+        return recipe.head, recipe.encoder
+    raise ValueError(f"{attack} trains its surrogate with the victim recipe and supports the mlp "
+                     f"and logreg recipes and the last-layer (-ll) recipes of image encoders; "
+                     f"got {recipe!r}")
+
+
+def through_encoder(encoder, surrogate: Surrogate, w: np.ndarray, X: np.ndarray, y: np.ndarray,
+                    batch_size: int = 64) -> tuple[float, np.ndarray]:
+    """:meth:`Surrogate.objective` of inputs ``X`` (m, d) whose features the surrogate sees through
+    the frozen ``encoder``: Obj(E(X)) and its gradient (m, d) in input space, the surrogate's
+    feature gradient pulled back through ``encoder.differentiable`` (a vector-Jacobian product).
+    Obj sums over rows, so ``batch_size`` rows at a time bound the encoder's memory."""
+    total, grads = 0.0, []
+    for start in range(0, len(X), batch_size):
+        x = torch.tensor(X[start:start + batch_size], dtype=torch.float32, requires_grad=True)
+        features = encoder.differentiable(x)
+        value, grad_features = surrogate.objective(w, features.detach().numpy(), y[start:start + batch_size])
+        (grad,) = torch.autograd.grad(features, x, torch.from_numpy(grad_features).to(features.dtype))
+        total += value
+        grads.append(grad.numpy().astype(np.float64))
+    return total, np.concatenate(grads)
 
 
 def positive(attack: str, name: str, value, allow_zero: bool = False) -> None:

@@ -31,7 +31,9 @@ from bench.datasets import user_cache_dir
 class Encoder(Protocol):
     """A frozen feature extractor. ``key`` names it, its weights and its preprocessing (two
     encoders with the same key must give the same features); ``dim`` is the feature width;
-    ``encode(X)`` maps inputs (n, d) float32 to features (n, dim) float32."""
+    ``encode(X)`` maps inputs (n, d) float32 to features (n, dim) float32. Encoders of
+    continuous inputs (images) also have ``differentiable(X)``: the same map on a torch tensor,
+    differentiable in X, through which the optimisation attacks move their poisons."""
 
     key: str
     dim: int

@@ -1,6 +1,7 @@
 """The optimisation attacks ``go`` and ``influence`` (PROTOCOL.md section 4, attacks/optim.py)."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from types import SimpleNamespace
 
@@ -15,8 +16,9 @@ from attacks import ATTACKS, AttackInput
 from attacks.go import GO
 from attacks.influence import Influence, conjugate_gradient, hessian
 from attacks.label_flip import LabelFlip
-from attacks.optim import Surrogate, ascend, continuous_columns, project
+from attacks.optim import Surrogate, ascend, continuous_columns, project, through_encoder
 from bench.datasets import FeatureDomain
+from bench.models.heads import LinearProbe
 from bench.models.mlp import MLP, MLPModel
 
 SMALL = MLP(hidden=(4,), lr=0.05, max_epochs=40)  # trains in milliseconds on the test data
@@ -97,7 +99,7 @@ def test_objective_is_the_first_order_increase_of_the_target_loss():
     """The sign and labels of the module docstring: a small gradient step of the surrogate on the
     poisons raises the target's true-label loss by step * Obj (w = -∇θL(X_a, Y_a))."""
     data = tabular()
-    surrogate, _ = GO().prepare(data)
+    surrogate, _, _ = GO().prepare(data)
     rows = np.flatnonzero(data.target)
     X_a, y_a = torch.tensor(data.X_aux[rows], dtype=torch.float64), torch.tensor(data.y_aux[rows])
     w = -surrogate.loss_grad(data.X_aux[rows], data.y_aux[rows])
@@ -116,7 +118,7 @@ def test_objective_is_the_first_order_increase_of_the_target_loss():
 def test_go_objective_increases_over_its_steps():
     data = tabular(groups=())  # numeric only: the objective is smooth along the path
     attack = GO(step_size=0.01)
-    surrogate, solve = attack.prepare(data)
+    surrogate, solve, _ = attack.prepare(data)
     rows = np.flatnonzero(data.target)
     w = -solve(surrogate.loss_grad(data.X_aux[rows], data.y_aux[rows])).numpy()
     X0, y_p = LabelFlip().generate(data, 20, np.random.default_rng(1))
@@ -132,7 +134,7 @@ def test_go_objective_increases_over_its_steps():
 def test_go_objective_increases_with_onehot_groups():
     data = tabular(seed=3)
     attack = GO()
-    surrogate, solve = attack.prepare(data)
+    surrogate, solve, _ = attack.prepare(data)
     rows = np.flatnonzero(data.target)
     w = -solve(surrogate.loss_grad(data.X_aux[rows], data.y_aux[rows])).numpy()
     X0, y_p = LabelFlip().generate(data, 25, np.random.default_rng(2))
@@ -186,7 +188,7 @@ def test_influence_differs_from_go_with_the_hessian():
 
 def test_exact_hessian_matches_autograd_and_solve_inverts_it():
     data = tabular(seed=2)
-    surrogate, solve = Influence(damping=0.1).prepare(data)
+    surrogate, solve, _ = Influence(damping=0.1).prepare(data)
     H = hessian(surrogate)
     expected = torch.autograd.functional.hessian(surrogate.train_loss, surrogate.theta)
     torch.testing.assert_close(H, expected, rtol=1e-8, atol=1e-10)
@@ -197,7 +199,7 @@ def test_exact_hessian_matches_autograd_and_solve_inverts_it():
 def test_conjugate_gradient_matches_exact_solve_on_a_convex_surrogate():
     data = tabular(seed=1, recipe=MLP(hidden=(), lr=0.05, max_epochs=40))  # logreg: H is PSD
     exact = Influence(damping=0.05).prepare(data)[1]
-    surrogate, cg = Influence(damping=0.05, exact_max_params=0, cg_tol=1e-10).prepare(data)
+    surrogate, cg, _ = Influence(damping=0.05, exact_max_params=0, cg_tol=1e-10).prepare(data)
     g = torch.randn(surrogate.n_params, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(cg(g), exact(g), rtol=1e-7, atol=1e-9)
 
@@ -245,7 +247,7 @@ def test_wrong_domain_shape_and_missing_recipe_rejected():
     with pytest.raises(ValueError, match=r"domain bounds must have shape \(8,\)"):
         GO().generate(AttackInput(data.X_aux, data.y_aux, data.target, 2, short, SMALL), 5,
                       np.random.default_rng(0))
-    with pytest.raises(ValueError, match="supports the mlp and logreg recipes; got None"):
+    with pytest.raises(ValueError, match="supports the mlp and logreg recipes and the last-layer"):
         GO().generate(AttackInput(data.X_aux, data.y_aux, data.target, 2, data.domain, None), 5,
                       np.random.default_rng(0))
 
@@ -351,8 +353,130 @@ def test_adult_poisons_are_valid_and_raise_the_surrogate_objective(data_root):
         X_p, y_p = attack.generate(data, m, np.random.default_rng(int(target)))
         X0, _ = LabelFlip().generate(data, m, np.random.default_rng(int(target)))
         assert_in_domain(X_p, sc.splits.domain)
-        surrogate, solve = attack.prepare(data)
+        surrogate, solve, _ = attack.prepare(data)
         rows = np.flatnonzero(data.target)
         w = -solve(surrogate.loss_grad(aux.X[rows], aux.y[rows])).numpy()
         assert surrogate.objective(w, X_p, y_p)[0] > surrogate.objective(w, X0, y_p)[0]
     assert surrogate.n_params == 511
+
+
+# --------------------------------------------------------------------------------------------
+# Last-layer recipes: the surrogate is the head on frozen features, poisons move in input space
+# --------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class TanhEncoder:
+    """A frozen differentiable encoder: features = tanh(X A) (n, dim) with a fixed random A."""
+
+    d: int = 12
+    dim: int = 4
+    seed: int = 0
+
+    @property
+    def key(self) -> str:
+        return f"tanh-test/{self.d}/{self.dim}/{self.seed}"
+
+    @property
+    def A(self) -> torch.Tensor:
+        return torch.from_numpy(np.random.default_rng(self.seed).normal(size=(self.d, self.dim))).float()
+
+    def encode(self, X):
+        with torch.no_grad():
+            return self.differentiable(torch.as_tensor(np.asarray(X, np.float32))).numpy()
+
+    def differentiable(self, X):
+        return torch.tanh(X.float() @ self.A)
+
+
+@pytest.fixture
+def rep_cache(tmp_path, monkeypatch):
+    from bench import representations
+
+    monkeypatch.setattr(representations, "user_cache_dir", lambda: tmp_path / "cache")
+    monkeypatch.setattr(representations, "_CACHES", {})
+
+
+def pixels(n=80, d=12, seed=0):
+    """Images-like rows in [0, 1] with a label that the tanh features can separate."""
+    rng = np.random.default_rng(seed)
+    X = rng.uniform(0, 1, (n, d)).astype(np.float32)
+    y = (X[:, : d // 2].sum(1) > X[:, d // 2:].sum(1)).astype(np.int64)
+    return X, y, FeatureDomain(np.zeros(d, np.float32), np.ones(d, np.float32))
+
+
+def test_input_gradient_through_the_encoder_matches_autograd(rep_cache):
+    """through_encoder's pull-back equals torch's double backprop of Obj(E(X)) written directly."""
+    encoder = TanhEncoder()
+    X, y, _ = pixels()
+    rng = np.random.default_rng(3)
+    surrogate = Surrogate(random_model(rng, (encoder.dim, 5, 1), 2), encoder.encode(X), y, 1e-3)
+    w = rng.normal(size=surrogate.n_params)
+    X_p, y_p = X[:7].astype(np.float64), 1 - y[:7]
+    value, grad = through_encoder(encoder, surrogate, w, X_p, y_p, batch_size=3)
+
+    x = torch.tensor(X_p, requires_grad=True)
+    theta = surrogate.theta.clone().requires_grad_()
+    feats = torch.tanh(x @ encoder.A.double())
+    g = torch.autograd.grad(surrogate.losses(theta, feats, torch.from_numpy(y_p)).sum(), theta,
+                            create_graph=True)[0]
+    obj = g @ torch.from_numpy(w)
+    (expected,) = torch.autograd.grad(obj, x)
+    assert value == pytest.approx(obj.item(), rel=1e-4)
+    np.testing.assert_allclose(grad, expected.numpy(), rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("attack", [GO(step_size=0.05), Influence(step_size=0.05)])
+def test_last_layer_recipe_poisons_are_valid_inputs_that_raise_the_objective(rep_cache, attack):
+    """With an LL recipe the surrogate is the head trained on D_aux's frozen features, and the
+    poisons are inputs (pixel rows in [0, 1]) whose features score higher than the start's."""
+    X, y, domain = pixels()
+    recipe = LinearProbe(TanhEncoder(), epochs=30, batch_size=16)
+    data = AttackInput(X, y, X[:, 0] > 0.7, 2, domain, recipe)
+    m = 12
+    X_p, y_p = attack.generate(data, m, np.random.default_rng(0))
+    X0, _ = LabelFlip().generate(data, m, np.random.default_rng(0))
+    assert X_p.shape == (m, X.shape[1]) and X_p.dtype == np.float32
+    assert X_p.min() >= 0 and X_p.max() <= 1 and not np.allclose(X_p, X0)
+    surrogate, solve, F_aux = attack.prepare(data)
+    np.testing.assert_allclose(F_aux, recipe.features(X), rtol=1e-6)
+    assert surrogate.n_params == TanhEncoder().dim + 1  # the linear head: W (dim, 1) and b
+    rows = np.flatnonzero(data.target)
+    w = -solve(surrogate.loss_grad(F_aux[rows], y[rows])).numpy()
+    encoder = recipe.encoder
+    assert (surrogate.objective(w, encoder.encode(X_p), y_p)[0]
+            > surrogate.objective(w, encoder.encode(X0), y_p)[0])
+
+
+def test_encoder_without_a_gradient_path_is_rejected(rep_cache):
+    @dataclasses.dataclass(frozen=True)
+    class Opaque:
+        key: str = "opaque"
+        dim: int = 2
+
+        def encode(self, X):
+            return np.asarray(X, np.float32)[:, :2]
+
+    X, y, domain = pixels()
+    data = AttackInput(X, y, X[:, 0] > 0.7, 2, domain, LinearProbe(Opaque()))
+    with pytest.raises(ValueError, match="Opaque has no differentiable path"):
+        GO().generate(data, 5, np.random.default_rng(0))
+
+
+@pytest.mark.realdata
+def test_pretrained_conv_differentiable_path_equals_its_encoding(data_root, tmp_path, monkeypatch):
+    """The image encoder's torch path (what the attacks differentiate) computes its features."""
+    from bench.datasets import load
+    from bench.models import pretrain
+    from bench.models.encoders import PretrainedConv
+
+    monkeypatch.setenv("SUBPOP_DATA_ROOT", str(data_root))
+    monkeypatch.setattr(pretrain, "user_cache_dir", lambda: tmp_path / "cache")
+    encoder = PretrainedConv(pretrain.Backbone(width=4, images=100, epochs=1))
+    X = load("utkface", data_root=data_root).train.X[:6]
+    x = torch.tensor(X, requires_grad=True)
+    features = encoder.differentiable(x)
+    np.testing.assert_allclose(features.detach().numpy(), encoder.encode(X), rtol=1e-5, atol=1e-5)
+    (grad,) = torch.autograd.grad(features.sum(), x)
+    assert grad.shape == x.shape and grad.abs().sum() > 0
+    meta = pretrain.load(encoder.backbone)
+    assert meta.mean.shape == meta.std.shape == (encoder.dim,)

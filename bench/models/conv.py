@@ -28,12 +28,13 @@ LAYERS = ("pool1", "pool2", "pool3")  # the outputs of the three scales, (n, C, 
 
 def as_images(X: np.ndarray | torch.Tensor, size: int, mean=MEAN, std=STD) -> torch.Tensor:
     """Rows (n, 3*S*S) -> images (n, 3, size, size) float32 (bilinear, antialiased), normalised
-    with the channel statistics ``mean`` and ``std`` (CIFAR-10's by default)."""
-    X = torch.as_tensor(np.asarray(X, dtype=np.float32))
+    with the channel statistics ``mean`` and ``std`` (CIFAR-10's by default). Differentiable in a
+    tensor ``X`` (the optimisation attacks move pixels through it)."""
+    X = X.float() if isinstance(X, torch.Tensor) else torch.as_tensor(np.asarray(X, dtype=np.float32))
     side = math.isqrt(X.shape[1] // 3)
     if 3 * side * side != X.shape[1]:
         raise ValueError(f"image rows must have 3*S*S values, got {X.shape[1]}")
-    images = X.view(-1, 3, side, side)
+    images = X.reshape(-1, 3, side, side)
     if side != size:
         images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True,
                                align_corners=False)

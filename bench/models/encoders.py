@@ -14,7 +14,7 @@ import torch
 
 from bench.datasets import imdb
 from bench.models import pretrain
-from bench.models.conv import forward_batched
+from bench.models.conv import as_images, forward_batched
 from bench.models.pretrain import Backbone
 from bench.representations import run_batched
 
@@ -86,8 +86,9 @@ def truncate_tokens(X: np.ndarray, max_tokens: int) -> np.ndarray:
 @dataclass(frozen=True)
 class PretrainedConv:
     """The benchmark's own image backbone (:mod:`bench.models.pretrain`: ``conv`` pretrained on
-    CIFAR-10): global mean of its last scale, 8 * width features; images are resized to 32x32.
-    Its ``key`` holds the weights' sha256, so re-pretrained weights never reuse old features."""
+    CIFAR-10): global mean of its last scale, 8 * width features, standardised with their mean and
+    standard deviation over the pretraining images; images are resized to 32x32. Its ``key`` holds
+    the weights' sha256, so re-pretrained weights never reuse old features."""
 
     backbone: Backbone = Backbone()
     batch_size: int = 256
@@ -97,13 +98,23 @@ class PretrainedConv:
         return 8 * self.backbone.width
 
     @functools.cached_property
-    def _loaded(self) -> tuple[torch.nn.Module, str]:
+    def _loaded(self) -> pretrain.Pretrained:
         return pretrain.load(self.backbone)
 
     @property
     def key(self) -> str:
-        return f"{self.backbone.name}@{self._loaded[1][:12]}/input={pretrain.INPUT_SIZE}/global-mean"
+        return (f"{self.backbone.name}@{self._loaded.sha256[:12]}/input={pretrain.INPUT_SIZE}"
+                f"/global-mean/standardised")
 
     def encode(self, X: np.ndarray) -> np.ndarray:
         """Image rows (n, 3*S*S) in [0, 1] -> features (n, 8 * width) float32."""
-        return forward_batched(self._loaded[0].embed, X, pretrain.INPUT_SIZE, self.batch_size)
+        return forward_batched(self._embed, X, pretrain.INPUT_SIZE, self.batch_size)
+
+    def differentiable(self, X: torch.Tensor) -> torch.Tensor:
+        """:meth:`encode` of image rows (n, 3*S*S) as torch operations, differentiable in X (the
+        optimisation attacks move pixels through it)."""
+        return self._embed(as_images(X, pretrain.INPUT_SIZE))
+
+    def _embed(self, images: torch.Tensor) -> torch.Tensor:
+        loaded = self._loaded
+        return (loaded.net.embed(images) - torch.from_numpy(loaded.mean)) / torch.from_numpy(loaded.std)

@@ -20,7 +20,7 @@ from torch import nn
 
 from bench.datasets import imdb
 from bench.models import MODELS, TrainJob
-from bench.models.conv import forward_batched, image_inputs, train_network
+from bench.models.conv import as_images, forward_batched, image_inputs, train_network
 from bench.models.encoders import truncate_tokens
 from bench.models.heads import LinearProbe
 from bench.representations import run_batched
@@ -99,6 +99,10 @@ class VGG16Features:
     def encode(self, X: np.ndarray) -> np.ndarray:
         return forward_batched(self._loaded[0].embed, X, self.input_size, self.batch_size,
                                mean=IMAGENET_MEAN, std=IMAGENET_STD)
+
+    def differentiable(self, X: torch.Tensor) -> torch.Tensor:
+        """:meth:`encode` of image rows (n, 3*S*S) as torch operations, differentiable in X."""
+        return self._loaded[0].embed(as_images(X, self.input_size, IMAGENET_MEAN, IMAGENET_STD))
 
 
 def bert_backbone(weights: str):
