@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 
@@ -124,6 +125,21 @@ def build_parser() -> argparse.ArgumentParser:
     data_sub = data.add_subparsers(dest="data_command", required=True)
     fetch = data_sub.add_parser("fetch", help="download a dataset's official files into the user cache")
     fetch.add_argument("name", choices=("adult", "cifar10"))
+    about = ("pretrain the offline image backbone (cifar10-conv-ll) on CIFAR-10 into the user cache; "
+             "the recipe does this on first use, this does it ahead of time")
+    backbone = data_sub.add_parser("backbone", help=about, description=about)
+    from bench.models.pretrain import Backbone
+
+    for field, what in (("width", "network width (the paper's conv: 32)"),
+                        ("images", "CIFAR-10 training images, class-stratified"),
+                        ("epochs", "passes over them"), ("seed", "seed of the subset, order and init"),
+                        ("batch_size", "minibatch size")):
+        default = getattr(Backbone, field)
+        backbone.add_argument(f"--{field.replace('_', '-')}", type=int, default=default,
+                              help=f"{what} (default {default})")
+    backbone.add_argument("--lr", type=float, default=Backbone.lr, help=f"Adam learning rate (default {Backbone.lr:g})")
+    backbone.add_argument("--data-root", metavar="PATH",
+                          help="folder holding cifar10/ (default: $SUBPOP_DATA_ROOT, else the user cache)")
 
     repro = sub.add_parser("reproduce", help="run a suite without defense and print the paper's "
                                              "Table 2 shape (worst-10/5/1 target damage per alpha)")
@@ -354,6 +370,15 @@ def _list_defenses(registry) -> int:
 
 
 def cmd_data(args) -> int:
+    if args.data_command == "backbone":
+        from bench.models.pretrain import Backbone, pretrain
+
+        spec = Backbone(args.width, args.images, args.epochs, args.seed, args.lr, args.batch_size)
+        weights = pretrain(spec, args.data_root)
+        meta = json.loads((weights.parent / "meta.json").read_text())
+        print(json.dumps({k: v for k, v in meta.items() if not k.startswith("feature_")}, indent=2))
+        print(f"backbone {spec.name}: weights and meta.json in {weights.parent}")
+        return 0
     from bench.datasets import adult, cifar10
 
     path = {"adult": adult, "cifar10": cifar10}[args.name].fetch()
@@ -368,14 +393,15 @@ def main(argv: list[str] | None = None) -> int:
     from bench.store import StoreError
 
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
+        argv = ["run", *argv]  # no command: `run`, with the options given (e.g. --no-progress)
     args = parser.parse_args(argv)
-    if args.command in (None, "run", "list", "submit"):
+    if args.command in ("run", "list", "submit"):
         import defenses
 
         for problem in defenses.PLUGIN_PROBLEMS:
             print(f"warning: {problem}", file=sys.stderr)
-    if args.command is None:
-        args = parser.parse_args(["run", *([] if argv is None else argv)])
     handlers = {"run": cmd_run, "leaderboard": cmd_leaderboard, "list": cmd_list,
                 "data": cmd_data, "reproduce": cmd_reproduce, "submit": cmd_submit,
                 "report": cmd_report, "store": cmd_store}

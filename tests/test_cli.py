@@ -151,6 +151,25 @@ def test_alpha_option_restricts_the_poison_rates(tmp_path):
         assert {r["alpha"] for r in s.rows()} == {2.0} and s.count() > 0
 
 
+def test_options_without_a_command_are_those_of_run(tmp_path, capsys):
+    store = str(tmp_path / "o.sqlite")
+    assert main(["--suite", "synthetic", "--defense", "none", "--alpha", "2", "--track", "blind",
+                 "--store", store, "--no-progress"]) == 0
+    assert "| none" in capsys.readouterr().out
+    with Store(store) as s:
+        assert {r["alpha"] for r in s.rows()} == {2.0} and s.count() > 0
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "{run,leaderboard" in capsys.readouterr().out
+
+
+def test_data_backbone_help_names_the_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["data", "backbone", "--help"])
+    out = capsys.readouterr().out
+    assert "--images IMAGES" in out and "--epochs EPOCHS" in out and "pretrain the offline image backbone" in out
+
+
 def test_alpha_not_in_the_scenarios_is_rejected(capsys, tmp_path):
     assert main(["run", "--suite", "synthetic", "--alpha", "7", "--store",
                  str(tmp_path / "s.sqlite"), "--no-progress"]) == 2

@@ -144,7 +144,7 @@ def test_cifar10_conv_ll_pretrains_records_command_and_embeds(data_root, rep_cac
     fitted = recipe.fit(X, y, 2)
     assert fitted.embed(X).shape == (20, 32)  # 8 * width
     meta = (recipe.encoder.backbone.folder / "meta.json").read_text()
-    assert "python -m bench.models.pretrain --width 4 --images 100 --epochs 1" in meta
+    assert "subpop-bench data backbone --width 4 --images 100 --epochs 1" in meta
     assert "cifar10_test_accuracy" in meta
 
 
@@ -154,7 +154,7 @@ def test_pretrained_conv_without_data_names_the_command(tmp_path, monkeypatch):
 
     monkeypatch.setenv("SUBPOP_DATA_ROOT", str(tmp_path / "nothing"))
     monkeypatch.setattr(pretrain, "user_cache_dir", lambda: tmp_path / "cache")
-    with pytest.raises(DataError, match="python -m bench.models.pretrain --width 4"):
+    with pytest.raises(DataError, match="subpop-bench data backbone --width 4"):
         PretrainedConv(Backbone(width=4, images=100, epochs=1)).key
 
 

@@ -9,11 +9,10 @@ over the pretraining images (the encoder standardises with them: a fixed affine 
 frozen encoder, so the head sees unit-scale features whatever dataset it serves). CIFAR-10 is
 disjoint from UTKFace, the dataset the backbone then serves. Run it ahead of time with::
 
-    python -m bench.models.pretrain --width 8 --images 50000 --epochs 5 --seed 0
+    subpop-bench data backbone --width 8 --images 50000 --epochs 5 --seed 0
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -60,7 +59,7 @@ class Backbone:
 
     @property
     def command(self) -> str:
-        return (f"python -m bench.models.pretrain --width {self.width} --images {self.images} "
+        return (f"subpop-bench data backbone --width {self.width} --images {self.images} "
                 f"--epochs {self.epochs} --seed {self.seed} --lr {self.lr:g} --batch-size {self.batch_size}")
 
 
@@ -146,21 +145,3 @@ def load(spec: Backbone, data_root=None) -> Pretrained:
     std = np.asarray(meta["feature_std"], np.float32)
     return Pretrained(net, hashlib.sha256(weights.read_bytes()).hexdigest(),
                       np.asarray(meta["feature_mean"], np.float32), np.where(std > 0, std, 1.0))
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    defaults = Backbone()
-    for field in ("width", "images", "epochs", "seed", "batch_size"):
-        parser.add_argument(f"--{field.replace('_', '-')}", type=int, default=getattr(defaults, field))
-    parser.add_argument("--lr", type=float, default=defaults.lr)
-    parser.add_argument("--data-root", default=None)
-    args = parser.parse_args(argv)
-    spec = Backbone(args.width, args.images, args.epochs, args.seed, args.lr, args.batch_size)
-    weights = pretrain(spec, args.data_root)
-    print(json.dumps(json.loads((weights.parent / "meta.json").read_text()), indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
