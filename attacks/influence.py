@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import torch
 
 from attacks import ATTACKS
-from attacks.optim import OptimisationAttack, Solve, Surrogate, integer, positive
+from attacks.optim import OptimisationAttack, Solve, Surrogate
+from bench.validation import check_integer, check_positive
 
 
 @ATTACKS.register("influence")
@@ -29,10 +30,10 @@ class Influence(OptimisationAttack):
 
     def __post_init__(self):
         super().__post_init__()
-        positive(self.name, "damping", self.damping, allow_zero=True)
-        integer(self.name, "exact_max_params", self.exact_max_params, 0)
-        integer(self.name, "cg_iters", self.cg_iters, 1)
-        positive(self.name, "cg_tol", self.cg_tol)
+        check_positive("damping", self.damping, self.name, allow_zero=True)
+        check_integer("exact_max_params", self.exact_max_params, 0, self.name)
+        check_integer("cg_iters", self.cg_iters, 1, self.name)
+        check_positive("cg_tol", self.cg_tol, self.name)
 
     def make_solve(self, surrogate: Surrogate) -> Solve:
         if surrogate.n_params > self.exact_max_params:

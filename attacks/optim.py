@@ -36,6 +36,7 @@ from attacks import AttackInput
 from attacks.label_flip import LabelFlip
 from bench.models.heads import LinearProbe
 from bench.models.mlp import MLP
+from bench.validation import check_integer, check_positive
 
 Solve = Callable[[torch.Tensor], torch.Tensor]  # g (P,) -> M^-1 g (P,)
 
@@ -223,9 +224,9 @@ class OptimisationAttack:
 
     def __post_init__(self):
         LabelFlip(self.rule)  # validates the rule with label-flip's own message
-        positive(self.name, "step_size", self.step_size)
-        integer(self.name, "steps", self.steps, 1)
-        integer(self.name, "surrogate_seed", self.surrogate_seed, 0)
+        check_positive("step_size", self.step_size, self.name)
+        check_integer("steps", self.steps, 1, self.name)
+        check_integer("surrogate_seed", self.surrogate_seed, 0, self.name)
 
     def make_solve(self, surrogate: Surrogate) -> Solve:
         """g ↦ M^-1 g for this attack's M, built once per surrogate."""
@@ -295,18 +296,3 @@ def through_encoder(encoder, surrogate: Surrogate, w: np.ndarray, X: np.ndarray,
         total += value
         grads.append(grad.numpy().astype(np.float64))
     return total, np.concatenate(grads)
-
-
-def positive(attack: str, name: str, value, allow_zero: bool = False) -> None:
-    """Reject a hyper-parameter that is not a finite number > 0 (>= 0 with ``allow_zero``)."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
-        and (value >= 0 if allow_zero else value > 0)
-    if not ok:
-        raise ValueError(f"{attack} {name} must be a finite number {'>=' if allow_zero else '>'} 0, "
-                         f"got {value!r}")
-
-
-def integer(attack: str, name: str, value, minimum: int) -> None:
-    """Reject a hyper-parameter that is not an integer >= ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{attack} {name} must be an integer >= {minimum}, got {value!r}")

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from bench.registry import Registry
 from bench.subpops import ConfidenceBands, TargetRule
+from bench.validation import is_integer, is_number
 
 Params = tuple[tuple[str, Any], ...]
 
@@ -44,11 +44,11 @@ class ScenarioSpec:
                 raise ValueError(f"a scenario's {name} must be a registered name, got "
                                  f"{getattr(self, name)!r}")
         if not isinstance(self.alphas, tuple) or not self.alphas or not all(
-                _is_number(a) and a > 0 for a in self.alphas):
+                is_number(a) and a > 0 for a in self.alphas):
             raise ValueError(f"alphas must be a non-empty tuple of positive numbers, got {self.alphas!r}")
         for name in ("trials", "clean_models"):
             value = getattr(self, name)
-            if not _is_integer(value) or value < 1:
+            if not is_integer(value) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
     @property
@@ -66,14 +66,6 @@ class ScenarioSpec:
         """sha256 (first 16 hex digits) of the canonical JSON of the spec."""
         text = json.dumps(self.to_dict(), sort_keys=True, default=list)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _is_integer(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 SCENARIOS: Registry = Registry("scenario")

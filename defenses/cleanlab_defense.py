@@ -11,6 +11,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from bench.models import TrainJob
 from bench.seeding import derive_seed
+from bench.validation import check_integer
 from defenses import DEFENSES, Defense, DefenseInput, Sanitized
 
 FILTERS = ("prune_by_noise_rate", "prune_by_class", "both", "confident_learning",
@@ -54,9 +55,7 @@ class Cleanlab(Defense):
     filter_by: str = "prune_by_noise_rate"
 
     def __post_init__(self):
-        if isinstance(self.n_folds, bool) or not isinstance(self.n_folds, (int, np.integer)) \
-                or self.n_folds < 2:
-            raise ValueError(f"n_folds must be an integer >= 2, got {self.n_folds!r}")
+        check_integer("n_folds", self.n_folds, 2)
         if self.filter_by not in FILTERS:
             raise ValueError(f"filter_by must be one of {', '.join(FILTERS)}; "
                              f"got {self.filter_by!r}")

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.neighbors import NearestNeighbors
 
+from bench.validation import check_integer
 from defenses import DEFENSES, Defense, DefenseInput, Sanitized
 
 DEFAULT_K = 50
@@ -40,9 +41,7 @@ class DeepKNN(Defense):
     k: int | None = None
 
     def __post_init__(self):
-        if self.k is not None and (isinstance(self.k, bool)
-                                   or not isinstance(self.k, (int, np.integer)) or self.k < 1):
-            raise ValueError(f"k must be None or an integer >= 1, got {self.k!r}")
+        check_integer("k", self.k, 1, allow_none=True)
 
     def neighbours(self, data: DefenseInput) -> int:
         """The k used on ``data`` (before the cap at n - 1)."""

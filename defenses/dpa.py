@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bench.models import TrainJob
+from bench.validation import check_integer
 from defenses import DEFENSES, Defense, DefenseInput
 
 
@@ -62,8 +63,7 @@ class DPA(Defense):
     k: int = 10
 
     def __post_init__(self):
-        if isinstance(self.k, bool) or not isinstance(self.k, (int, np.integer)) or self.k < 1:
-            raise ValueError(f"k must be an integer >= 1, got {self.k!r}")
+        check_integer("k", self.k, 1)
 
     def fit(self, data: DefenseInput) -> PartitionVote:
         part = partition(data.X, self.k)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.neighbors import NearestNeighbors
 
+from bench.validation import check_integer
 from defenses import DEFENSES, DefenseInput, ScoreFilter
 
 
@@ -27,8 +28,7 @@ class KNNDistance(ScoreFilter):
     k: int = 5
 
     def __post_init__(self):
-        if isinstance(self.k, bool) or not isinstance(self.k, (int, np.integer)) or self.k < 1:
-            raise ValueError(f"k must be an integer >= 1, got {self.k!r}")
+        check_integer("k", self.k, 1)
         super().__post_init__()
 
     def score(self, data: DefenseInput) -> np.ndarray:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.neighbors import NearestNeighbors
 
+from bench.validation import check_integer
 from defenses import DEFENSES, Defense, DefenseInput, Sanitized
 
 
@@ -41,8 +42,7 @@ class LabelSanitization(Defense):
     eta: float = 0.5
 
     def __post_init__(self):
-        if isinstance(self.k, bool) or not isinstance(self.k, (int, np.integer)) or self.k < 1:
-            raise ValueError(f"k must be an integer >= 1, got {self.k!r}")
+        check_integer("k", self.k, 1)
         if not 0 < self.eta <= 1:
             raise ValueError(f"eta must be in (0, 1], got {self.eta}")
 

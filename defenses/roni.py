@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bench.models import TrainJob
+from bench.validation import check_integer
 from defenses import DEFENSES, Defense, DefenseInput, Sanitized
 
 
@@ -58,9 +59,7 @@ class RONI(Defense):
 
     def __post_init__(self):
         for field in ("n_groups", "repeats"):
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{field} must be an integer >= 1, got {value!r}")
+            check_integer(field, getattr(self, field), 1)
         if not self.threshold >= 0:
             raise ValueError(f"threshold must be >= 0, got {self.threshold}")
 
