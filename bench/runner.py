@@ -63,6 +63,9 @@ class Scenario:
     targets: np.ndarray
     recipe: object
     clean_seeds: list[int]
+    # One attack instance per scenario: the optimisation attacks cache their surrogate (trained
+    # on D_aux) on it and reuse it for every target, rate and trial.
+    attack: object
     poisons: dict = field(default_factory=dict)
     attack_seconds: dict = field(default_factory=dict)
     clean_costs: dict = field(default_factory=dict)
@@ -76,11 +79,11 @@ class Scenario:
         subpops = finder.find(splits, seed=spec.seed)
         targets = spec.target_rule.select(subpops)
         recipe = models.make(spec.model, **dict(spec.model_params))
-        # A bad attack name or hyper-parameter is the spec's fault: say so now, rather than as
-        # the recorded failure of every trial.
-        attacks.make(spec.attack, **dict(spec.attack_params))
+        # A bad attack name or hyper-parameter is the spec's fault: it fails here, rather than
+        # as the recorded failure of every trial.
+        attack = attacks.make(spec.attack, **dict(spec.attack_params))
         seeds = [derive_seed(spec.hash, "clean", i) for i in range(spec.clean_models)]
-        return cls(spec, splits, subpops, targets, recipe, seeds)
+        return cls(spec, splits, subpops, targets, recipe, seeds, attack)
 
     @property
     def clean_correct(self) -> np.ndarray:
@@ -114,10 +117,6 @@ class Scenario:
         ``time_limit`` seconds raises :class:`TimeoutError` (and nothing is cached)."""
         key = (target, alpha, trial)
         if key not in self.poisons:
-            # One attack instance per scenario: the optimisation attacks cache their surrogate
-            # (trained on D_aux) on it and reuse it for every target, rate and trial.
-            if not hasattr(self, "attack"):
-                self.attack = attacks.make(self.spec.attack, **dict(self.spec.attack_params))
             attack = self.attack
             aux = self.splits.aux
             data = attacks.AttackInput(aux.X, aux.y, self.subpops.aux == target,
