@@ -55,6 +55,22 @@ def test_loss_is_weighted_cross_entropy():
     torch.testing.assert_close(data[0], (ce * scale[0, 0]).sum())
 
 
+def test_binary_loss_and_gradient_equal_torch_for_all_logit_sizes():
+    """The single-logit loss (written with sigmoid and log, not softplus) equals torch's
+    binary_cross_entropy_with_logits, from tiny to saturated logits, and its gradient is exact."""
+    z = torch.tensor([[[-80.0, -30.0, -5.0, -1e-3, 0.0, 2.0, 15.0, 40.0]]], dtype=torch.float64)
+    Wt, bias = [torch.ones(1, 1, 1, dtype=torch.float64)], [torch.zeros(1, 1, 1, dtype=torch.float64)]
+    for label in (0.0, 1.0):
+        y = torch.full_like(z, label)
+        scale = torch.ones_like(z)
+        data, grads = loss_and_grads(Wt, bias, z, y, scale, torch.zeros(1, 1, 1, dtype=torch.float64))
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(z, y, reduction="none")
+        wrong = (z * (2 * label - 1) < -69)  # loss saturates at -log(1e-30) = 69.08 there
+        expected = torch.where(wrong, torch.full_like(bce, -np.log(1e-30)), bce).sum()
+        torch.testing.assert_close(data[0], expected, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(grads[1][0, 0, 0], (torch.sigmoid(z) - y).sum(), rtol=1e-12, atol=1e-12)
+
+
 def test_batched_equals_one_by_one(synthetic):
     """Tolerance: predictions agree on >= 99% of test points and probabilities within 0.02;
     batching changes only the floating-point summation order."""
