@@ -282,7 +282,7 @@ def victim_head(recipe, attack: str) -> tuple[MLP, object]:
 
 
 def through_encoder(encoder, surrogate: Surrogate, w: np.ndarray, X: np.ndarray, y: np.ndarray,
-                    batch_size: int = 64) -> tuple[float, np.ndarray]:
+                    batch_size: int = 256) -> tuple[float, np.ndarray]:
     """:meth:`Surrogate.objective` of inputs ``X`` (m, d) whose features the surrogate sees through
     the frozen ``encoder``: Obj(E(X)) and its gradient (m, d) in input space, the surrogate's
     feature gradient pulled back through ``encoder.differentiable`` (a vector-Jacobian product).

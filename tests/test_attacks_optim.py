@@ -480,3 +480,40 @@ def test_pretrained_conv_differentiable_path_equals_its_encoding(data_root, tmp_
     assert grad.shape == x.shape and grad.abs().sum() > 0
     meta = pretrain.load(encoder.backbone)
     assert meta.mean.shape == meta.std.shape == (encoder.dim,)
+
+
+@pytest.mark.realdata
+@pytest.mark.filterwarnings("ignore:UTKFace. skipped")
+@pytest.mark.parametrize("name", ["go", "influence"])
+def test_utkface_poisons_are_images_that_raise_the_objective(data_root, tmp_path, monkeypatch, name):
+    """The registered offline-UTKFace attack scenario, with a tiny backbone and 3 steps: poisons
+    are pixel rows in [0, 1], moved away from their label-flip start, and score higher."""
+    from dataclasses import replace
+
+    from bench import representations
+    from bench.models import pretrain
+    from bench.runner import Scenario
+    from bench.scenarios import SCENARIOS, freeze
+    from bench.seeding import derive_seed
+
+    monkeypatch.setenv("SUBPOP_DATA_ROOT", str(data_root))
+    monkeypatch.setattr(pretrain, "user_cache_dir", lambda: tmp_path / "cache")
+    monkeypatch.setattr(representations, "user_cache_dir", lambda: tmp_path / "cache")
+    monkeypatch.setattr(representations, "_CACHES", {})
+    spec = SCENARIOS.get(f"utkface/cifar10-conv-ll/featurematch/{name}")
+    spec = replace(spec, model_params=freeze({"backbone_width": 4, "backbone_images": 100, "backbone_epochs": 1}),
+                   attack_params=freeze({**dict(spec.attack_params), "steps": 3}))
+    sc = Scenario.prepare(spec, data_root)
+    target = int(sc.targets[0])
+    X_p, y_p = sc.poison(target, 0.5, 0)
+    aux = sc.splits.aux
+    data = AttackInput(aux.X, aux.y, sc.subpops.aux == target, 2, sc.splits.domain, sc.recipe)
+    rng = np.random.default_rng(derive_seed(spec.hash, target, 0.5, 0, "poison"))
+    X0, _ = LabelFlip("least-frequent").generate(data, len(y_p), rng)
+    assert X_p.shape == X0.shape == (len(y_p), 3 * 64 * 64) and len(y_p) > 0
+    assert X_p.min() >= 0 and X_p.max() <= 1 and not np.allclose(X_p, X0)
+    surrogate, solve, F_aux = sc.attack.prepare(data)
+    rows = np.flatnonzero(data.target)
+    w = -solve(surrogate.loss_grad(F_aux[rows], aux.y[rows])).numpy()
+    features = sc.recipe.features
+    assert surrogate.objective(w, features(X_p), y_p)[0] > surrogate.objective(w, features(X0), y_p)[0]

@@ -94,7 +94,7 @@ def minilm_ll(max_tokens: int = 128, **head) -> LinearProbe:
 
 
 @MODELS.register("cifar10-conv-ll")
-def cifar10_conv_ll(backbone_width: int = 8, backbone_images: int = 5000, backbone_epochs: int = 2,
+def cifar10_conv_ll(backbone_width: int = 8, backbone_images: int = 50000, backbone_epochs: int = 5,
                     backbone_seed: int = 0, **head) -> LinearProbe:
     """Offline image recipe: the benchmark's ``conv`` pretrained on CIFAR-10 (frozen, cached on
     disk, :mod:`bench.models.pretrain`) + linear softmax head."""

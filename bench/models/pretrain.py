@@ -38,8 +38,8 @@ class Backbone:
     augmentation), ``seed``."""
 
     width: int = 8
-    images: int = 5000
-    epochs: int = 2
+    images: int = 50000
+    epochs: int = 5
     seed: int = 0
     lr: float = 1e-3
     batch_size: int = 64
