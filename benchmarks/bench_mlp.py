@@ -2,13 +2,22 @@
 
 Both train the paper's Adult model (10 ReLU units, Adam 1e-3, batch 200, L2 1e-4, tol 1e-4,
 10 epochs without improvement) on the same D with K different seeds; prints seconds per model,
-mean test accuracy of each, and the ratio. Run:
+mean test accuracy of each, and the ratio; then the FLOP rate of the batched trainer against a
+large GEMM measured in the same run, and the wall time of ``subpop-bench run --suite paper-adult``
+(warm caches, empty store) with each ``--suite-defenses`` set. Run:
 
     SUBPOP_DATA_ROOT=../shared/data python benchmarks/bench_mlp.py --jobs 64 --sklearn-models 8
+
+``--suite-defenses all`` times every registered defense (hours on a 2-core machine);
+``--suite-defenses ''`` skips the suite runs.
 """
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
+import tempfile
 import time
 
 import numpy as np
@@ -24,6 +33,11 @@ def main() -> None:
     parser.add_argument("--sklearn-models", type=int, default=8,
                         help="models trained one by one with scikit-learn (its time is per model)")
     parser.add_argument("--data-root", default=None)
+    parser.add_argument("--suite-defenses", nargs="*", default=["none"], metavar="SET",
+                        help="defense sets to time paper-adult with: comma-separated names, or 'all' "
+                             "(default: none)")
+    parser.add_argument("--executor", default="sequential", help="executor of the suite runs")
+    parser.add_argument("--workers", type=int, default=2, help="workers of --executor process")
     args = parser.parse_args()
     from sklearn.neural_network import MLPClassifier
 
@@ -63,6 +77,24 @@ def main() -> None:
     gemm_rate = 5 * 2 * 2048 ** 3 / (time.perf_counter() - t0)
     print(f"batched trainer: {trainer_rate / 1e9:.2f} GFLOP/s; 2048x2048 float32 GEMM: "
           f"{gemm_rate / 1e9:.1f} GFLOP/s; ratio {trainer_rate / gemm_rate:.1%}")
+
+    for chosen in filter(None, args.suite_defenses):
+        print(f"paper-adult, --defense {chosen}, --executor {args.executor}: "
+              f"{time_suite(chosen, args):.1f} s wall", flush=True)
+
+
+def time_suite(chosen: str, args) -> float:
+    """Wall seconds of the paper-adult suite with the defenses ``chosen`` (comma-separated or
+    'all'), in a subprocess as a user runs it, into an empty store."""
+    picked = [] if chosen == "all" else [a for name in chosen.split(",") for a in ("--defense", name)]
+    env = {**os.environ, **({"SUBPOP_DATA_ROOT": args.data_root} if args.data_root else {})}
+    with tempfile.TemporaryDirectory() as tmp:
+        command = [sys.executable, "-m", "bench", "run", "--suite", "paper-adult", *picked,
+                   "--store", os.path.join(tmp, "s.sqlite"), "--no-progress",
+                   "--executor", args.executor, "--workers", str(args.workers)]
+        t0 = time.perf_counter()
+        subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL)
+        return time.perf_counter() - t0
 
 
 if __name__ == "__main__":
