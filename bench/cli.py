@@ -142,8 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
                           help="folder holding cifar10/ (default: $SUBPOP_DATA_ROOT, else the user cache)")
 
     repro = sub.add_parser("reproduce", help="run a suite without defense and print the paper's "
-                                             "Table 2 shape (worst-10/5/1 target damage per alpha)")
-    repro.add_argument("--suite", default="paper-adult")
+                                             "Table 2 shape (worst-10/5/1 target damage per alpha), and label-flip "
+                                             "against the other attacks of the same setting")
+    repro.add_argument("--suite", help="suite to run (default: paper-adult, unless --scenario is given)")
+    repro.add_argument("--scenario", action="append", default=[], metavar="ID",
+                       help="scenario id to run (repeatable)")
     _common(repro)
     return parser
 
@@ -331,14 +334,17 @@ def cmd_reproduce(args) -> int:
     import defenses
     from bench.runner import run
     from bench.store import Store
-    from leaderboard.paper import table2
+    from leaderboard.paper import attack_comparison, table2
 
-    specs = _specs(args.suite, [])
+    specs = _specs(args.suite or ("paper-adult" if not args.scenario else None), args.scenario)
     start = time.time()
     with Store(args.store) as store:
         run(specs, [defenses.make("none")], ("blind",), store, args.data_root)
         rows = [r for r in store.rows() if r["scenario"] in {s.id for s in specs} and r["defense"] == "none"]
     print(table2(rows))
+    comparison = attack_comparison(rows)
+    if comparison:
+        print("\n" + comparison)
     print(f"\n(wall time of this command: {time.time() - start:.0f} s)")
     return 0
 

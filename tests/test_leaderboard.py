@@ -150,3 +150,31 @@ def test_oracle_defenses_are_marked_in_tables_and_site(tmp_path):
     roni_row = next(line for line in html.splitlines() if ">roni</a>" in line)
     sphere_row = next(line for line in html.splitlines() if ">sphere</a>" in line)
     assert 'class="oracle"' in roni_row and 'class="oracle"' not in sphere_row
+
+
+def test_attack_comparison_pairs_trial_zero_against_label_flip():
+    """The paired differences equal a direct loop over targets; label-flip's extra trials count
+    in its row but not in the pairing; settings with one attack are left out."""
+    from leaderboard.paper import attack_comparison
+
+    rng = np.random.default_rng(0)
+    rows, lf, go = [], {}, {}
+    for target in range(6):
+        for trial in range(3):
+            td = float(rng.uniform(0, 0.3))
+            lf.setdefault(target, td)
+            rows.append(trial_row("none", "any", target, 2.0, td, trial=trial,
+                                  scenario="toy/mlp/featurematch/label-flip"))
+        go[target] = float(rng.uniform(0, 0.3))
+        row = trial_row("none", "any", target, 2.0, go[target], scenario="toy/mlp/featurematch/go")
+        row["timing"] = {"attack_s": 1.0 + target}
+        rows.append(row)
+    rows.append(trial_row("none", "any", 0, 2.0, 0.5, scenario="toy/mlp/clustermatch/label-flip"))
+    text = attack_comparison(rows)
+    d = np.array([go[t] - lf[t] for t in range(6)])
+    half = 1.96 * d.std(ddof=1) / np.sqrt(6)
+    assert f"{d.mean():+.3f} [{d.mean() - half:+.3f}, {d.mean() + half:+.3f}]" in text
+    assert "clustermatch" not in text and "toy/mlp/featurematch, no defense" in text
+    go_line = next(line for line in text.splitlines() if line.split("|")[2].strip() == "go")
+    assert "3.500" in go_line and "21.000" in go_line  # median and total attack seconds
+    assert attack_comparison([r for r in rows if "label-flip" in r["scenario"]]) == ""
