@@ -25,7 +25,7 @@ from bench.seeding import derive_seed
 from bench.batching import FitBatcher
 from bench.store import Store, TrialRow
 from bench.subpops import FINDERS, Subpopulations
-from defenses import Defense, DefenseInput, Sanitized
+from defenses import Defense, DefenseInput, Filtered, Sanitized
 
 ANY_TRACK = "any"  # the track of defenses that ignore the budget hint: one run serves both
 TRUSTED_FRACTION = 0.05  # of D, verified clean, shown to oracle defenses (docs/protocol.md)
@@ -149,8 +149,17 @@ def apply_defense(defense: Defense, X, y, n_classes, recipe, budget, seed, fitte
     selected = order if rows is None else np.asarray(rows)[order]
     data = DefenseInput(X, np.asarray(y)[selected], n_classes, recipe, budget, seed,
                         None if fitter is None else (lambda jobs: fitter(jobs, order)), shown, selected)
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
     if hasattr(defense, "fit"):
-        return "model", defense.fit(data)
+        fitted = defense.fit(data)
+        if isinstance(fitted, Filtered):
+            kept = np.asarray(fitted.kept)
+            if kept.dtype != bool or kept.shape != (n,):
+                raise ValueError(f"{defense.name} returned a kept mask of dtype {kept.dtype} and "
+                                 f"shape {kept.shape}, expected booleans of shape ({n},)")
+            return "model", Filtered(fitted.model, kept[inverse])
+        return "model", fitted
     result = defense.sanitize(data)
     if not isinstance(result, Sanitized):
         raise TypeError(f"{defense.name}.sanitize returned {type(result).__name__}, expected Sanitized")
@@ -165,8 +174,6 @@ def apply_defense(defense: Defense, X, y, n_classes, recipe, budget, seed, fitte
         raise ValueError(f"{defense.name} returned NaN, infinite or negative weights")
     if not (weights > 0).any():
         raise ValueError(f"{defense.name} removed every training point")
-    inverse = np.empty_like(order)
-    inverse[order] = np.arange(len(order))
     labels = None
     if result.labels is not None:
         labels = np.asarray(result.labels)
@@ -206,6 +213,11 @@ def _report(fitted) -> dict:
     if not isinstance(report, dict) or not all(isinstance(v, (int, float)) for v in report.values()):
         raise TypeError(f"a model's report must be a dict of numbers, got {report!r}")
     return {f"defense_{k}": float(v) for k, v in report.items()}
+
+
+def _model(result):
+    """The fitted model of a robust-training defense's answer (a model, or Filtered)."""
+    return result.model if isinstance(result, Filtered) else result
 
 
 def _correct(sc: Scenario, fitted) -> np.ndarray:
@@ -375,8 +387,10 @@ def run_chunk(sc: Scenario, defense: Defense, track: str, trials: list[tuple[int
         try:
             kind, result = out
             if kind == "model":
-                plan["pois"] = _correct(sc, result)
-                plan["report"] = _report(result)
+                if isinstance(result, Filtered):
+                    plan["weights"] = result.kept.astype(np.float64)
+                plan["pois"] = _correct(sc, _model(result))
+                plan["report"] = _report(_model(result))
             else:
                 plan["weights"] = result.weights
                 plan["job"] = len(jobs)
@@ -384,7 +398,7 @@ def run_chunk(sc: Scenario, defense: Defense, track: str, trials: list[tuple[int
             if informed:
                 ckind, cresult = clean
                 if ckind == "model":
-                    plan["def_clean"] = _correct(sc, cresult)[None]
+                    plan["def_clean"] = _correct(sc, _model(cresult))[None]
                 else:
                     plan["def_job"] = len(jobs)
                     jobs.append(pool.job(pool.rows(None), cresult.weights, cresult.labels, seed))
@@ -430,7 +444,7 @@ def blind_clean_correct(sc: Scenario, did: str) -> np.ndarray:
     if key not in sc.clean_costs:
         kind, out = sc.clean_costs[(did,)]
         if kind == "model":
-            sc.clean_costs[key] = _correct(sc, out)[None]
+            sc.clean_costs[key] = _correct(sc, _model(out))[None]
         elif np.all(out.weights == 1) and out.labels is None:
             sc.clean_costs[key] = sc.clean_correct
         else:

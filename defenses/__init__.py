@@ -6,7 +6,9 @@ A defense author writes one frozen dataclass (its fields are the hyper-parameter
 - ``sanitize(data) -> Sanitized``: which training points to keep (or reweight or relabel); the
   victim recipe is then trained on the result. See :mod:`defenses.sphere` for a full example.
 - ``fit(data) -> model``: robust training that returns its own fitted model. A model may carry
-  ``report``, a dict of numbers stored with each trial (DP-SGD's epsilon).
+  ``report``, a dict of numbers stored with each trial (DP-SGD's epsilon). A robust trainer that
+  also drops points (TRIM, SEVER) returns ``Filtered(model, kept)``, so that its trials get the
+  same filtering statistics as a sanitizer's.
 
 ``data`` is a :class:`DefenseInput`: the poisoned training set (never which points are poison),
 the victim recipe, and the budget hint of the track.
@@ -85,6 +87,15 @@ class Sanitized:
     @classmethod
     def keep(cls, mask: np.ndarray) -> "Sanitized":
         return cls(np.asarray(mask, dtype=bool).astype(np.float64))
+
+
+@dataclass(frozen=True, eq=False)
+class Filtered:
+    """A robust-training defense's answer when it trained on a subset: the fitted ``model`` and
+    the training points it ``kept`` (n,) bool, in the order of ``DefenseInput``."""
+
+    model: object
+    kept: np.ndarray
 
 
 class Defense:

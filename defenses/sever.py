@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from defenses import DEFENSES, Defense, DefenseInput
+from defenses import DEFENSES, Defense, DefenseInput, Filtered
 from defenses.spectral_signatures import spectral_scores
 
 
@@ -88,5 +88,5 @@ class Sever(Defense):
             model = data.fit_recipe(kept.astype(np.float64))
         return model, kept
 
-    def fit(self, data: DefenseInput):
-        return self.fit_filtered(data)[0]
+    def fit(self, data: DefenseInput) -> Filtered:
+        return Filtered(*self.fit_filtered(data))

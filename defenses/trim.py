@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from defenses import DEFENSES, Defense, DefenseInput
+from defenses import DEFENSES, Defense, DefenseInput, Filtered
 
 
 def cross_entropy(model, X: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -66,5 +66,6 @@ class Trim(Defense):
             model = data.fit_recipe(kept.astype(np.float64))
         return model, kept, self.max_rounds
 
-    def fit(self, data: DefenseInput):
-        return self.fit_trimmed(data)[0]
+    def fit(self, data: DefenseInput) -> Filtered:
+        model, kept, _ = self.fit_trimmed(data)
+        return Filtered(model, kept)

@@ -208,7 +208,9 @@ def test_trim_blind_keeps_ninety_percent_and_fit_returns_the_model(flipped_linea
     data = DefenseInput(X, y, 2, make("logreg", lr=0.05, max_epochs=100), None, 0)
     model, kept, _ = trim.Trim().fit_trimmed(data)
     assert kept.sum() == 450
-    np.testing.assert_array_equal(trim.Trim().fit(data).predict(X), model.predict(X))
+    fitted = trim.Trim().fit(data)
+    np.testing.assert_array_equal(fitted.model.predict(X), model.predict(X))
+    np.testing.assert_array_equal(fitted.kept, kept)
 
 
 def test_trim_stops_when_the_kept_set_is_stable():

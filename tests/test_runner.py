@@ -244,3 +244,19 @@ def test_model_that_cannot_predict_fails_its_trials_only(tmp_path):
     assert bad and all(r["status"] == "failed" and "no predictions today" in r["error"] for r in bad)
     assert all(r["status"] == "ok" for r in rows if r["defense"] == "none")
     assert summary.failed == len(bad)
+
+
+def test_robust_training_that_filters_reports_filtering_statistics(tmp_path):
+    """TRIM and SEVER return Filtered(model, kept): their trials carry poison recall and clean
+    points removed, computed from the kept mask mapped back through the runner's shuffle."""
+    with Store(tmp_path / "s.sqlite") as store:
+        run([SPEC], [defenses.make("trim"), defenses.make("sever")], tracks=("informed",), store=store,
+            progress=False, log=lambda *_: None)
+        rows = store.rows()
+    assert rows and all(r["status"] == "ok" for r in rows)
+    for r in rows:
+        metrics = r["metrics"]
+        assert 0 <= metrics["poison_recall"] <= 1 and metrics["clean_removed"] >= 0
+        if r["defense"] == "trim":  # informed TRIM keeps exactly n - m: what it does not drop of
+            # the poisons, it drops of D
+            assert metrics["clean_removed"] == pytest.approx(metrics["m"] * (1 - metrics["poison_recall"]))
