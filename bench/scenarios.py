@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from bench.registry import Registry
-from bench.subpops import ConfidenceBands, TargetRule
+from bench.subpops import ConfidenceBands, SampledTargets, TargetRule
 from bench.validation import is_integer, is_number
 
 Params = tuple[tuple[str, Any], ...]
@@ -23,6 +23,8 @@ class ScenarioSpec:
     """Dataset, victim recipe, subpopulation finder, attack, poison rates and trial count.
 
     ``clean_models`` recipe models trained on D give the clean reference accuracies.
+    ``variant`` names a reduced or adapted copy of a registered spec (e.g. ``gpu-sample``); it
+    joins the dataset in the id (``cifar10+gpu-sample/conv/...``) so both can be registered.
     """
 
     dataset: str
@@ -37,6 +39,7 @@ class ScenarioSpec:
     finder_params: Params = ()
     attack_params: Params = ()
     target_rule: TargetRule = field(default_factory=TargetRule)
+    variant: str = ""
 
     def __post_init__(self):
         for name in ("dataset", "model", "finder", "attack"):
@@ -53,10 +56,13 @@ class ScenarioSpec:
 
     @property
     def id(self) -> str:
-        return f"{self.dataset}/{self.model}/{self.finder}/{self.attack}"
+        data = f"{self.dataset}+{self.variant}" if self.variant else self.dataset
+        return f"{data}/{self.model}/{self.finder}/{self.attack}"
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        if not self.variant:  # specs from before variants existed keep their hash
+            del d["variant"]
         for key in ("model_params", "finder_params", "attack_params"):
             d[key] = dict(getattr(self, key))
         return d
@@ -159,6 +165,19 @@ register_suite("paper-cifar10", [
                  finder_params=freeze({"k": 100, "pca_components": 40,
                                        **({} if layer == "input" else {"surrogate": "conv"})}))
     for layer in ("input", "pool1", "pool2", "pool3", "embed")
+])
+
+# The full-scale CIFAR-10 layer comparison on a sample, for one GPU lease (docs/reproduction.md):
+# the paper-cifar10 models and clusters (width 32, 12 epochs on 25,000 images, k = 100), 10 of
+# the targets drawn at random, alpha 2, one trial, on CUDA.
+GPU = freeze({"device": "cuda"})
+register_suite("paper-cifar10-gpu-sample", [
+    replace(SCENARIOS.get(spec_id), alphas=(2.0,), trials=1, clean_models=1, model_params=GPU,
+            target_rule=SampledTargets(count=10), variant="gpu-sample",
+            finder_params=freeze({**dict(SCENARIOS.get(spec_id).finder_params),
+                                  **({"surrogate_params": GPU} if "surrogate" in dict(
+                                      SCENARIOS.get(spec_id).finder_params) else {})}))
+    for spec_id in SUITES.get("paper-cifar10")
 ])
 
 # The paper's UTKFace and IMDB settings and the large-model (fine-tuned) suites. They need the

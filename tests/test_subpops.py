@@ -216,3 +216,30 @@ def test_targetrule_adult_featurematch(adult_featurematch):
     aux_sizes, test_sizes = sub.sizes("aux"), sub.sizes("test")
     assert ((aux_sizes[targets] > 10) & (aux_sizes[targets] < 100)).all()
     assert (test_sizes[targets] >= 1).all()
+
+
+def test_sampled_targets_draw_a_seeded_subset_of_the_admitted():
+    from bench.subpops import SampledTargets
+
+    rng = np.random.default_rng(0)
+    aux, test = rng.integers(0, 40, 2000), rng.integers(0, 40, 500)
+    sub = Subpopulations(aux=aux, train=np.array([], dtype=np.int64), test=test,
+                         names=tuple(f"c{i}" for i in range(40)))
+    admitted = TargetRule(min_aux=45).select(sub)
+    picked = SampledTargets(min_aux=45, count=10).select(sub)
+    assert len(picked) == 10 and set(picked) <= set(admitted) and list(picked) == sorted(picked)
+    np.testing.assert_array_equal(picked, SampledTargets(min_aux=45, count=10).select(sub))
+    assert not np.array_equal(picked, SampledTargets(min_aux=45, count=10, seed=1).select(sub))
+    np.testing.assert_array_equal(SampledTargets(min_aux=45, count=1000).select(sub), admitted)
+    with pytest.raises(ValueError, match="count must be >= 1"):
+        SampledTargets(count=0).select(sub)
+
+
+def test_variant_joins_the_dataset_in_the_id_and_leaves_other_hashes_alone():
+    from bench.scenarios import SCENARIOS, ScenarioSpec
+
+    spec = SCENARIOS.get("cifar10+gpu-sample/conv/clustermatch@pool1/label-flip")
+    assert spec.dataset == "cifar10" and spec.variant == "gpu-sample"
+    plain = ScenarioSpec("adult", "mlp", "featurematch", "label-flip")
+    assert "variant" not in plain.to_dict() and plain.id == "adult/mlp/featurematch/label-flip"
+    assert dataclasses.replace(plain, variant="x").hash != plain.hash
