@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import torch
 import pytest
 
 import defenses
@@ -321,3 +322,20 @@ def torch_hub():
     import torch.hub
 
     return torch.hub
+
+
+def test_device_resident_training_equals_batches_prepared_from_numpy():
+    """``resident`` only changes where batches are cut from; same seed, same network."""
+    from bench.models.conv import ConvNet, image_inputs, train_network
+
+    rng = np.random.default_rng(0)
+    X, y = rng.uniform(0, 1, (40, 3 * 8 * 8)).astype(np.float32), rng.integers(0, 3, 40)
+    nets = []
+    for resident in (False, True):
+        torch.manual_seed(0)
+        net = ConvNet(2, 3)
+        train_network(net, X, y, np.ones(40), 1, 2, 8, torch.optim.Adam(net.parameters(), lr=1e-2),
+                      image_inputs(8, True, 1), resident=resident)
+        nets.append(net)
+    for a, b in zip(nets[0].parameters(), nets[1].parameters()):
+        torch.testing.assert_close(a, b)

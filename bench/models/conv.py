@@ -38,7 +38,8 @@ def as_images(X: np.ndarray | torch.Tensor, size: int, mean=MEAN, std=STD) -> to
     if side != size:
         images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True,
                                align_corners=False)
-    return (images - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    mean, std = (torch.tensor(v, device=images.device).view(1, 3, 1, 1) for v in (mean, std))
+    return (images - mean) / std
 
 
 class ConvNet(nn.Module):
@@ -75,27 +76,34 @@ class ConvNet(nn.Module):
 
 
 def augment(images: torch.Tensor, generator: torch.Generator, shift: float = 0.125) -> torch.Tensor:
-    """Random translation by up to ``shift`` of the side (reflect padding) and horizontal flips."""
+    """Random translation by up to ``shift`` of the side (reflect padding) and horizontal flips.
+    The draws come from the CPU ``generator`` whatever the images' device, so a seed gives the
+    same augmentation on every device."""
     n, _, side, _ = images.shape
+    dev = images.device
     pad = max(int(round(shift * side)), 0)
     padded = F.pad(images, (pad, pad, pad, pad), mode="reflect") if pad else images
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-    rows = (dy[:, None] + torch.arange(side)[None, :])[:, None, :, None].expand(n, 3, side, side + 2 * pad)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(dev)
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(dev)
+    steps = torch.arange(side, device=dev)[None, :]
+    rows = (dy[:, None] + steps)[:, None, :, None].expand(n, 3, side, side + 2 * pad)
     shifted = padded.gather(2, rows)
-    cols = (dx[:, None] + torch.arange(side)[None, :])[:, None, None, :].expand(n, 3, side, side)
+    cols = (dx[:, None] + steps)[:, None, None, :].expand(n, 3, side, side)
     shifted = shifted.gather(3, cols)
-    flip = torch.rand(n, generator=generator) < 0.5
+    flip = (torch.rand(n, generator=generator) < 0.5).to(dev)
     return torch.where(flip[:, None, None, None], shifted.flip(3), shifted)
 
 
 def train_network(net: nn.Module, X: np.ndarray, y: np.ndarray, weights: np.ndarray, seed: int,
                   epochs: int, batch_size: int, optimizer: torch.optim.Optimizer,
-                  inputs: Callable[[np.ndarray], torch.Tensor], device: str = "cpu") -> nn.Module:
+                  inputs: Callable[[np.ndarray], torch.Tensor], device: str = "cpu",
+                  resident: bool = False) -> nn.Module:
     """Minibatch training of ``net`` on the weighted cross-entropy of rows X (n, d), labels y (n,);
     ``weights`` (n,) as in :class:`bench.models.TrainJob` (integer parts are copies, fractions
     scale the loss). ``inputs(rows)`` turns a batch of rows into the network's input (resizing,
-    normalisation, augmentation). The parameters ``optimizer`` holds are trained."""
+    normalisation, augmentation). The parameters ``optimizer`` holds are trained. ``resident``
+    copies X to ``device`` once and gives ``inputs`` tensor rows already there (image inputs
+    take them), so that a GPU does not wait for each batch to be prepared on the CPU."""
     w = check_weights(weights, len(y))
     support = np.flatnonzero(w)
     copies = np.ceil(w[support]).astype(np.int64)
@@ -104,11 +112,13 @@ def train_network(net: nn.Module, X: np.ndarray, y: np.ndarray, weights: np.ndar
     rng = np.random.default_rng(seed)
     net.to(device).train()
     labels = torch.as_tensor(np.asarray(y), dtype=torch.long)
+    source = torch.from_numpy(np.asarray(X, np.float32)).to(device) if resident else X
     for _ in range(epochs):
         order = rng.permutation(len(rows))
         for start in range(0, len(order), batch_size):
             pick = order[start:start + batch_size]
-            loss = F.cross_entropy(net(inputs(X[rows[pick]]).to(device)), labels[rows[pick]].to(device),
+            batch = source[torch.from_numpy(rows[pick]).to(device)] if resident else X[rows[pick]]
+            loss = F.cross_entropy(net(inputs(batch).to(device)), labels[rows[pick]].to(device),
                                    reduction="none")
             optimizer.zero_grad()
             (loss * visit[pick].to(device)).sum().div(len(pick)).backward()
@@ -176,7 +186,8 @@ class Conv:
             labels = y if job.labels is None else job.labels
             train_network(net, X, labels, job.weights, job.seed, self.epochs, self.batch_size,
                           torch.optim.Adam(net.parameters(), lr=self.lr),
-                          image_inputs(self.input_size, self.augmented, job.seed), self.device)
+                          image_inputs(self.input_size, self.augmented, job.seed), self.device,
+                          resident=True)
             out.append(ConvModel(net.cpu(), n_classes, self.input_size))
         return out
 
