@@ -517,3 +517,23 @@ def test_utkface_poisons_are_images_that_raise_the_objective(data_root, tmp_path
     w = -solve(surrogate.loss_grad(F_aux[rows], aux.y[rows])).numpy()
     features = sc.recipe.features
     assert surrogate.objective(w, features(X_p), y_p)[0] > surrogate.objective(w, features(X0), y_p)[0]
+
+
+def test_vgg16_ll_poisons_move_through_the_network(rep_cache):
+    """paper-utkface's recipe (VGG-16 LL; random weights stand in for ImageNet's): the same
+    pull-back through VGG16Features.differentiable gives valid images that raise Obj."""
+    from bench.models import make
+
+    rng = np.random.default_rng(0)
+    X = rng.uniform(0, 1, (24, 3 * 16 * 16)).astype(np.float32)
+    y = (X[:, :100].mean(1) > X[:, 100:200].mean(1)).astype(np.int64)
+    recipe = make("vgg16-ll", weights="random", input_size=32, epochs=3, batch_size=8)
+    data = AttackInput(X, y, np.arange(24) % 3 == 0, 2, FeatureDomain(np.zeros(768), np.ones(768)), recipe)
+    attack = GO(step_size=0.5, steps=2)
+    X_p, y_p = attack.generate(data, 4, np.random.default_rng(1))
+    X0, _ = LabelFlip().generate(data, 4, np.random.default_rng(1))
+    assert X_p.min() >= 0 and X_p.max() <= 1 and not np.allclose(X_p, X0)
+    surrogate, solve, F_aux = attack.prepare(data)
+    rows = np.flatnonzero(data.target)
+    w = -solve(surrogate.loss_grad(F_aux[rows], y[rows])).numpy()
+    assert surrogate.objective(w, recipe.features(X_p), y_p)[0] > surrogate.objective(w, recipe.features(X0), y_p)[0]
