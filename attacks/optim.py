@@ -243,7 +243,8 @@ class OptimisationAttack:
             F_aux = data.X_aux if encoder is None else data.recipe.features(data.X_aux)
             model = head.fit(F_aux, data.y_aux, data.n_classes, seed=self.surrogate_seed)
             surrogate = Surrogate(model, F_aux, data.y_aux, head.alpha)
-            self._cache.update(key=key, surrogate=surrogate, solve=self.make_solve(surrogate), F_aux=F_aux)
+            self._cache.update(key=key, surrogate=surrogate, solve=self.make_solve(surrogate), F_aux=F_aux,
+                               encoder=encoder)
         return self._cache["surrogate"], self._cache["solve"], self._cache["F_aux"]
 
     def generate(self, data: AttackInput, m: int, rng: np.random.Generator):
@@ -256,7 +257,7 @@ class OptimisationAttack:
         surrogate, solve, F_aux = self.prepare(data)
         rows = np.flatnonzero(data.target)
         w = -solve(surrogate.loss_grad(F_aux[rows], data.y_aux[rows])).numpy()
-        _, encoder = victim_head(data.recipe, self.name)
+        encoder = self._cache["encoder"]
         if encoder is None:
             objective = lambda X: surrogate.objective(w, X, y_p)  # noqa: E731
         else:
