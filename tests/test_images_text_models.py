@@ -133,7 +133,8 @@ def test_linear_probe_l2_maps_to_the_mlp_penalty():
 
 @pytest.mark.realdata
 @pytest.mark.filterwarnings("ignore:UTKFace. skipped")
-def test_cifar10_conv_ll_pretrains_records_command_and_embeds(data_root, rep_cache, tmp_path, monkeypatch):
+def test_cifar10_conv_ll_pretrains_records_command_and_embeds(data_root, rep_cache, tmp_path, monkeypatch,
+                                                               capsys):
     from bench.models import pretrain
 
     monkeypatch.setenv("SUBPOP_DATA_ROOT", str(data_root))
@@ -147,6 +148,8 @@ def test_cifar10_conv_ll_pretrains_records_command_and_embeds(data_root, rep_cac
     meta = (recipe.encoder.backbone.folder / "meta.json").read_text()
     assert "subpop-bench data backbone --width 4 --images 100 --epochs 1" in meta
     assert "cifar10_test_accuracy" in meta
+    # Pretraining takes minutes at the default size, so it shows a progress bar over the images.
+    assert "pretraining cifar10-conv-w4-n100-e1-s0" in capsys.readouterr().err
 
 
 def test_pretrained_conv_without_data_names_the_command(tmp_path, monkeypatch):

@@ -97,13 +97,17 @@ def augment(images: torch.Tensor, generator: torch.Generator, shift: float = 0.1
 def train_network(net: nn.Module, X: np.ndarray, y: np.ndarray, weights: np.ndarray, seed: int,
                   epochs: int, batch_size: int, optimizer: torch.optim.Optimizer,
                   inputs: Callable[[np.ndarray], torch.Tensor], device: str = "cpu",
-                  resident: bool = False) -> nn.Module:
+                  resident: bool = False, progress: str | None = None) -> nn.Module:
     """Minibatch training of ``net`` on the weighted cross-entropy of rows X (n, d), labels y (n,);
     ``weights`` (n,) as in :class:`bench.models.TrainJob` (integer parts are copies, fractions
     scale the loss). ``inputs(rows)`` turns a batch of rows into the network's input (resizing,
     normalisation, augmentation). The parameters ``optimizer`` holds are trained. ``resident``
     copies X to ``device`` once and gives ``inputs`` tensor rows already there (image inputs
-    take them), so that a GPU does not wait for each batch to be prepared on the CPU."""
+    take them), so that a GPU does not wait for each batch to be prepared on the CPU. ``progress``,
+    when given, is the description of a progress bar over the images seen (minutes-long trainings
+    such as pretraining a backbone)."""
+    from tqdm import tqdm
+
     w = check_weights(weights, len(y))
     support = np.flatnonzero(w)
     copies = np.ceil(w[support]).astype(np.int64)
@@ -113,6 +117,8 @@ def train_network(net: nn.Module, X: np.ndarray, y: np.ndarray, weights: np.ndar
     net.to(device).train()
     labels = torch.as_tensor(np.asarray(y), dtype=torch.long)
     source = torch.from_numpy(np.asarray(X, np.float32)).to(device) if resident else X
+    bar = tqdm(total=epochs * len(rows), desc=progress, unit="img", disable=progress is None,
+               dynamic_ncols=True)
     for _ in range(epochs):
         order = rng.permutation(len(rows))
         for start in range(0, len(order), batch_size):
@@ -123,6 +129,8 @@ def train_network(net: nn.Module, X: np.ndarray, y: np.ndarray, weights: np.ndar
             optimizer.zero_grad()
             (loss * visit[pick].to(device)).sum().div(len(pick)).backward()
             optimizer.step()
+            bar.update(len(pick))
+    bar.close()
     return net.eval()
 
 

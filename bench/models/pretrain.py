@@ -82,7 +82,8 @@ def pretrain(spec: Backbone, data_root=None) -> Path:
     start = time.time()
     train_network(net, X, y, np.ones(len(y)), spec.seed, spec.epochs, spec.batch_size,
                   torch.optim.Adam(net.parameters(), lr=spec.lr),
-                  image_inputs(INPUT_SIZE, augmented=True, seed=spec.seed))
+                  image_inputs(INPUT_SIZE, augmented=True, seed=spec.seed),
+                  progress=f"pretraining {spec.name}")
     seconds = time.time() - start
     test = images_to_X(arrays["test_images"])
     accuracy = float((forward_batched(net, test, INPUT_SIZE).argmax(1) == arrays["test_labels"]).mean())
