@@ -12,7 +12,10 @@ stopping. A job gives the same model alone or in a batch, up to floating-point n
 """
 from __future__ import annotations
 
+import functools
 import math
+import os
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -193,6 +196,56 @@ def _privacy_terms(live: list[_Schedule], count: np.ndarray, S: int, n_params: i
     return to(clip)[:, :, None, None], to(noise)
 
 
+def adam_step(theta, m1, m2, X, rows, target, scale, decay, clip, noise, move1, move2, lr,
+              is_weight, sizes):
+    """One minibatch step of K stacked nets: gradients, then Adam. Returns the new ``theta``,
+    ``m1``, ``m2`` (K, n_params), the data loss (K,) and the squared weight norm (K,) before the step.
+
+    ``rows`` (K, B) indexes the pool ``X`` (n, d); ``target``, ``scale``, ``decay`` and ``clip``
+    are as in ``loss_and_grads``; ``noise`` (K, n_params) or None is added to the gradient;
+    ``move1``, ``move2`` (K, 1) are the moment weights (1 - beta, or 0 once a job's epoch is
+    over) and ``lr`` (K, 1) the bias-corrected step size. ``is_weight`` (n_params,) marks the
+    entries under the L2 penalty. Functional, not in place, so that ``torch.compile`` can fuse it.
+    """
+    Wt, bias = _layer_views(theta, sizes)
+    inputs = torch.nn.functional.embedding(rows, X).transpose(1, 2)  # a fast row gather
+    loss, grads = loss_and_grads(Wt, bias, inputs, target, scale, decay, clip)
+    g = torch.cat([gr.reshape(theta.shape[0], -1) for gr in grads], 1)
+    if noise is not None:
+        g = g + noise
+    m1 = torch.lerp(m1, g, move1)
+    m2 = torch.lerp(m2, g.square(), move2)
+    return theta - m1 * lr / (m2.sqrt() + 1e-8), m1, m2, loss, theta.square() @ is_weight
+
+
+class _Step:
+    """``adam_step``, compiled by ``torch.compile`` when ``compile`` is true: its element-wise
+    work fused into a few kernels, 1.2-1.3x faster training on CPU (docs/performance.md). When
+    compilation fails (no C++ compiler, say) it warns once and runs eagerly. Compiled and eager
+    steps agree up to floating-point rounding."""
+
+    def __init__(self, compile: bool):
+        self.compiled = torch.compile(adam_step, dynamic=True) if compile else None
+
+    def __call__(self, *args):
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args)
+            except Exception as error:  # noqa: BLE001 - any compiler failure falls back to eager
+                warnings.warn(f"torch.compile failed ({type(error).__name__}: {error}); training "
+                              "with the uncompiled step (SUBPOP_COMPILE=0 skips compiling)",
+                              RuntimeWarning, stacklevel=2)
+                self.compiled = None
+        return adam_step(*args)
+
+
+@functools.cache
+def _compiled_step() -> _Step:
+    """The step every ``fit_many`` uses; ``SUBPOP_COMPILE=0`` in the environment turns compiling
+    off (the tests do, to save compile time; the benchmarks keep it on)."""
+    return _Step(compile=os.environ.get("SUBPOP_COMPILE", "1") != "0")
+
+
 def _layer_views(theta: torch.Tensor, sizes: list[int]):
     """Views ``Wt[i]`` (K, fan_out, fan_in) and ``bias[i]`` (K, fan_out, 1) into the flat
     (K, n_params) buffer laid out as [Wt_0, b_0, Wt_1, b_1, ...]."""
@@ -236,7 +289,8 @@ def _train_chunk(recipe: MLP, X: np.ndarray, y: np.ndarray, n_classes: int,
     epochs = np.zeros(K, dtype=np.int64)
     private = np.array([p.private is not None for p in plans])
     max_epochs = np.array([p.private.epochs if p.private else recipe.max_epochs for p in plans])
-    b1, b2, eps, decay = 0.9, 0.999, 1e-8, recipe.alpha
+    b1, b2, decay = 0.9, 0.999, recipe.alpha
+    step = _compiled_step()
     is_weight = torch.cat([torch.full((fan_in * fan_out,), 1.0) if w else torch.zeros(fan_out)
                            for fan_in, fan_out in zip(sizes[:-1], sizes[1:]) for w in (True, False)]).to(dev)
     to = lambda a, dtype=torch.float32: torch.from_numpy(  # noqa: E731
@@ -275,21 +329,14 @@ def _train_chunk(recipe: MLP, X: np.ndarray, y: np.ndarray, n_classes: int,
         move1 = to(np.where(active, 1 - b1, 0.0))[:, :, None]
         move2 = to(np.where(active, 1 - b2, 0.0))[:, :, None]
         clip_t, noise_t = _privacy_terms(live, count, S, theta.shape[1], to)
-        Wt, bias = _layer_views(theta, sizes)
         # Per-step data losses and squared weight norms, reduced to the epoch loss once per epoch.
         step_loss = torch.empty(S, k_alive, device=dev)
         step_sq = torch.empty(S, k_alive, device=dev)
         for s in range(S):
-            inputs = torch.nn.functional.embedding(rows_t[s], Xt).transpose(1, 2)  # a fast row gather
-            step_loss[s], grads = loss_and_grads(Wt, bias, inputs, lab_t[s], scale_t[s], decay_t[s],
-                                                 None if clip_t is None else clip_t[s])
-            torch.mv(theta.square(), is_weight, out=step_sq[s])
-            g = torch.cat([gr.reshape(k_alive, -1) for gr in grads], 1)
-            if noise_t is not None:
-                g += noise_t[s]
-            m1.lerp_(g, move1[s])
-            m2.lerp_(g.square_(), move2[s])
-            theta.addcdiv_(m1 * lr_t[s], m2.sqrt().add_(eps), value=-1.0)
+            theta, m1, m2, step_loss[s], step_sq[s] = step(
+                theta, m1, m2, Xt, rows_t[s], lab_t[s], scale_t[s], decay_t[s],
+                None if clip_t is None else clip_t[s], None if noise_t is None else noise_t[s],
+                move1[s], move2[s], lr_t[s], is_weight, sizes)
         epoch_loss = ((step_loss * count_t + 0.5 * decay * step_sq) * act_t).sum(0)
         mean_loss = epoch_loss / to([p.n for p in live])
         improved = ~(mean_loss > best - recipe.tol)
