@@ -118,6 +118,17 @@ class _Schedule:
         self.private = job.private
         # DP noise has its own stream so that it leaves the minibatch order unchanged.
         self.noise_rng = np.random.default_rng([job.seed, 1]) if job.private else None
+        self._slots: dict[int, np.ndarray] = {}
+
+    def slots(self, width: int) -> slice | np.ndarray:
+        """Where the i-th visit of an epoch goes when minibatch s fills slot s of ``width``: the
+        first n places when the job's minibatches are ``width`` wide, else an index (n,)."""
+        if self.batch == width:
+            return slice(0, self.n)
+        if width not in self._slots:
+            i = np.arange(self.n)
+            self._slots[width] = i // self.batch * width + i % self.batch
+        return self._slots[width]
 
 
 def _init_params(rng: np.random.Generator, sizes: list[int]) -> list[np.ndarray]:
@@ -274,6 +285,14 @@ def _train_chunk(recipe: MLP, X: np.ndarray, y: np.ndarray, n_classes: int,
     labels = np.stack([y if job.labels is None else np.asarray(job.labels, np.int64) for job in jobs])
     if labels.shape != (K, n_pool):
         raise ValueError(f"job labels must have shape ({n_pool},)")
+    # Each job's visits (pool row, loss weight), padded to a common length with one trailing
+    # weight-0 visit that empty minibatch slots point at: an epoch's layout is then one
+    # permutation per job and three vectorised gathers.
+    n_max = max(p.n for p in plans)
+    visit_rows = np.zeros((K, n_max + 1), dtype=np.int64)
+    visit_weight = np.zeros((K, n_max + 1), dtype=np.float32)
+    for k, p in enumerate(plans):
+        visit_rows[k, :p.n], visit_weight[k, :p.n] = p.rows, p.visit_weight
 
     flat = np.stack([np.concatenate([a.T.ravel() if a.ndim == 2 else a
                                      for a in _init_params(p.rng, sizes)]) for p in plans])
@@ -295,33 +314,33 @@ def _train_chunk(recipe: MLP, X: np.ndarray, y: np.ndarray, n_classes: int,
                            for fan_in, fan_out in zip(sizes[:-1], sizes[1:]) for w in (True, False)]).to(dev)
     to = lambda a, dtype=torch.float32: torch.from_numpy(  # noqa: E731
         np.ascontiguousarray(a)).to(device=dev, dtype=dtype)
+    visit_rows, visit_weight = to(visit_rows, torch.long), to(visit_weight)
+    pool_labels = to(labels, torch.long)
 
     for _ in range(int(max_epochs.max())):
         k_alive = len(alive)
         live = [plans[i] for i in alive]
         S, B = max(p.steps for p in live), max(p.batch for p in live)
-        rows = np.zeros((k_alive, S * B), dtype=np.int64)
-        vw = np.zeros((k_alive, S * B), dtype=np.float32)
-        lab = np.zeros((k_alive, S * B), dtype=np.int64)
-        for k, (i, p) in enumerate(zip(alive, live)):
-            order = p.rng.permutation(p.n)
-            # Lay each job's minibatches out in slots of width B so step s covers slot s.
-            slots = np.arange(p.n) // p.batch * B + np.arange(p.n) % p.batch
-            rows[k, slots] = p.rows[order]
-            vw[k, slots] = p.visit_weight[order]
-            lab[k, slots] = labels[i, rows[k, slots]]
-        # Everything that does not depend on the parameters is prepared once per epoch.
+        visit = np.full((k_alive, S * B), n_max)
+        for k, p in enumerate(live):
+            visit[k, p.slots(B)] = p.rng.permutation(p.n)
+        # Everything that does not depend on the parameters is prepared once per epoch, laid out
+        # (S, K, ...) so that step s reads slot s of every job.
+        visit = to(visit, torch.long)
+        rows = torch.gather(visit_rows, 1, visit)
+        by_step = lambda a: a.view(k_alive, S, B).transpose(0, 1)  # noqa: E731
+        vw = by_step(torch.gather(visit_weight, 1, visit))
+        count = (vw > 0).sum(2).clamp(min=1).float().cpu().numpy()  # (S, K)
         steps = np.array([p.steps for p in live])
-        count = np.maximum((vw.reshape(k_alive, S, B) > 0).sum(2), 1).T.astype(np.float32)  # (S, K)
         active = np.arange(S)[:, None] < steps[None, :]  # (S, K)
         t_step = t[None, :] + np.cumsum(active, axis=0)
         lr_t = to(recipe.lr * np.sqrt(1 - b2 ** t_step) / (1 - b1 ** np.maximum(t_step, 1))
                   * active)[:, :, None]
         t = t_step[-1]
-        rows_t = to(rows.reshape(k_alive, S, B).transpose(1, 0, 2), torch.long)
-        lab_t = to(lab.reshape(k_alive, S, B).transpose(1, 0, 2)[:, :, None, :],
-                   torch.float32 if n_out == 1 else torch.long)
-        scale_t = to(vw.reshape(k_alive, S, B).transpose(1, 0, 2) / count[:, :, None])[:, :, None, :]
+        lab_t = by_step(torch.gather(pool_labels, 1, rows)).unsqueeze(2).to(
+            torch.float32 if n_out == 1 else torch.long).contiguous()
+        rows_t = by_step(rows).contiguous()
+        scale_t = (vw / to(count)[:, :, None]).unsqueeze(2)
         decay_t = to(decay / count)[:, :, None, None]
         count_t = to(count)
         act_t = to(active)
@@ -349,6 +368,7 @@ def _train_chunk(recipe: MLP, X: np.ndarray, y: np.ndarray, n_classes: int,
             final[alive[~going]] = theta[to(~going, torch.bool)].cpu().numpy()
             keep = to(np.flatnonzero(going), torch.long)
             theta, m1, m2 = theta[keep], m1[keep], m2[keep]
+            visit_rows, visit_weight, pool_labels = visit_rows[keep], visit_weight[keep], pool_labels[keep]
             best, stale, t, alive = best[keep], stale[keep], t[going], alive[going]
         if not len(alive):
             break
