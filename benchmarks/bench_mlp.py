@@ -52,7 +52,6 @@ def main() -> None:
               for s in range(args.sklearn_models)]
     sk_time = (time.perf_counter() - t0) / args.sklearn_models
 
-    compile_time = warm_up(X, y)
     t0 = time.perf_counter()
     ours = make("mlp").fit_many(X, y, 2, [TrainJob(np.ones(len(y)), s) for s in range(args.jobs)])
     our_time = (time.perf_counter() - t0) / args.jobs
@@ -62,9 +61,7 @@ def main() -> None:
     if args.processes > 1:
         timings[args.processes] = split_over_processes(X, y, args.jobs, args.processes)
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, torch.compile "
-          f"{'off' if os.environ.get('SUBPOP_COMPILE') == '0' else 'on'} (warm-up, compile "
-          f"included, {compile_time:.1f} s, once per process)")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"scikit-learn MLPClassifier, sequential : {sk_time:7.3f} s/model, "
           f"accuracy {np.mean(sk_acc):.4f} (n={len(sk_acc)})")
     print(f"subpop-bench mlp, batched K={args.jobs:<4d}    : {our_time:7.3f} s/model, "
@@ -96,19 +93,8 @@ def main() -> None:
               f"{time_suite(chosen, args):.1f} s wall", flush=True)
 
 
-def warm_up(X, y) -> float:
-    """Seconds to train one epoch with K = 1 and K = 2 jobs: the trainer's compilation (a batch of
-    one job is compiled apart from larger ones), which every process pays once."""
-    t0 = time.perf_counter()
-    for k in (1, 2):
-        make("mlp", max_epochs=1).fit_many(X, y, 2, [TrainJob(np.ones(len(y)), s) for s in range(k)])
-    return time.perf_counter() - t0
-
-
 def _train_share(X, y, seeds, threads):
     torch.set_num_threads(threads)
-    if seeds is None:
-        return warm_up(X, y)
     return [m.n_epochs for m in make("mlp").fit_many(X, y, 2, [TrainJob(np.ones(len(y)), s) for s in seeds])]
 
 
@@ -120,7 +106,7 @@ def split_over_processes(X, y, jobs: int, processes: int) -> float:
 
     threads = max(1, (os.cpu_count() or 1) // processes)
     with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
-        list(pool.map(_train_share, [X] * processes, [y] * processes, [None] * processes,
+        list(pool.map(_train_share, [X] * processes, [y] * processes, [[0]] * processes,
                       [threads] * processes))
         t0 = time.perf_counter()
         list(pool.map(_train_share, [X] * processes, [y] * processes,

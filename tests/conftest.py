@@ -12,11 +12,6 @@ from pathlib import Path
 
 import pytest
 
-# The MLP trainer compiles its step with torch.compile by default; compiling costs seconds per
-# network shape, more than these small trainings take, so the tests train eagerly (workers spawned
-# by executor tests inherit it). test_models checks the compiled step against the eager one.
-os.environ.setdefault("SUBPOP_COMPILE", "0")
-
 
 def _data_problem() -> tuple[Path | None, str | None]:
     """(root, None) when the real data is usable, else (root or None, what is wrong)."""

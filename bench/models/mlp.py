@@ -12,10 +12,7 @@ stopping. A job gives the same model alone or in a batch, up to floating-point n
 """
 from __future__ import annotations
 
-import functools
 import math
-import os
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -118,17 +115,6 @@ class _Schedule:
         self.private = job.private
         # DP noise has its own stream so that it leaves the minibatch order unchanged.
         self.noise_rng = np.random.default_rng([job.seed, 1]) if job.private else None
-        self._slots: dict[int, np.ndarray] = {}
-
-    def slots(self, width: int) -> slice | np.ndarray:
-        """Where the i-th visit of an epoch goes when minibatch s fills slot s of ``width``: the
-        first n places when the job's minibatches are ``width`` wide, else an index (n,)."""
-        if self.batch == width:
-            return slice(0, self.n)
-        if width not in self._slots:
-            i = np.arange(self.n)
-            self._slots[width] = i // self.batch * width + i % self.batch
-        return self._slots[width]
 
 
 def _init_params(rng: np.random.Generator, sizes: list[int]) -> list[np.ndarray]:
@@ -216,7 +202,7 @@ def adam_step(theta, m1, m2, X, rows, target, scale, decay, clip, noise, move1, 
     are as in ``loss_and_grads``; ``noise`` (K, n_params) or None is added to the gradient;
     ``move1``, ``move2`` (K, 1) are the moment weights (1 - beta, or 0 once a job's epoch is
     over) and ``lr`` (K, 1) the bias-corrected step size. ``is_weight`` (n_params,) marks the
-    entries under the L2 penalty. Functional, not in place, so that ``torch.compile`` can fuse it.
+    entries under the L2 penalty.
     """
     Wt, bias = _layer_views(theta, sizes)
     inputs = torch.nn.functional.embedding(rows, X).transpose(1, 2)  # a fast row gather
@@ -227,34 +213,6 @@ def adam_step(theta, m1, m2, X, rows, target, scale, decay, clip, noise, move1, 
     m1 = torch.lerp(m1, g, move1)
     m2 = torch.lerp(m2, g.square(), move2)
     return theta - m1 * lr / (m2.sqrt() + 1e-8), m1, m2, loss, theta.square() @ is_weight
-
-
-class _Step:
-    """``adam_step``, compiled by ``torch.compile`` when ``compile`` is true: its element-wise
-    work fused into a few kernels, 1.2-1.3x faster training on CPU (docs/performance.md). When
-    compilation fails (no C++ compiler, say) it warns once and runs eagerly. Compiled and eager
-    steps agree up to floating-point rounding."""
-
-    def __init__(self, compile: bool):
-        self.compiled = torch.compile(adam_step, dynamic=True) if compile else None
-
-    def __call__(self, *args):
-        if self.compiled is not None:
-            try:
-                return self.compiled(*args)
-            except Exception as error:  # noqa: BLE001 - any compiler failure falls back to eager
-                warnings.warn(f"torch.compile failed ({type(error).__name__}: {error}); training "
-                              "with the uncompiled step (SUBPOP_COMPILE=0 skips compiling)",
-                              RuntimeWarning, stacklevel=2)
-                self.compiled = None
-        return adam_step(*args)
-
-
-@functools.cache
-def _compiled_step() -> _Step:
-    """The step every ``fit_many`` uses; ``SUBPOP_COMPILE=0`` in the environment turns compiling
-    off (the tests do, to save compile time; the benchmarks keep it on)."""
-    return _Step(compile=os.environ.get("SUBPOP_COMPILE", "1") != "0")
 
 
 def _layer_views(theta: torch.Tensor, sizes: list[int]):
@@ -309,7 +267,6 @@ def _train_chunk(recipe: MLP, X: np.ndarray, y: np.ndarray, n_classes: int,
     private = np.array([p.private is not None for p in plans])
     max_epochs = np.array([p.private.epochs if p.private else recipe.max_epochs for p in plans])
     b1, b2, decay = 0.9, 0.999, recipe.alpha
-    step = _compiled_step()
     is_weight = torch.cat([torch.full((fan_in * fan_out,), 1.0) if w else torch.zeros(fan_out)
                            for fan_in, fan_out in zip(sizes[:-1], sizes[1:]) for w in (True, False)]).to(dev)
     to = lambda a, dtype=torch.float32: torch.from_numpy(  # noqa: E731
@@ -321,9 +278,11 @@ def _train_chunk(recipe: MLP, X: np.ndarray, y: np.ndarray, n_classes: int,
         k_alive = len(alive)
         live = [plans[i] for i in alive]
         S, B = max(p.steps for p in live), max(p.batch for p in live)
+        # Step s covers slot s (width B) of every job. A job's minibatches are B wide, or it has
+        # fewer than B visits and one step, so its epoch simply fills its first n places.
         visit = np.full((k_alive, S * B), n_max)
         for k, p in enumerate(live):
-            visit[k, p.slots(B)] = p.rng.permutation(p.n)
+            visit[k, :p.n] = p.rng.permutation(p.n)
         # Everything that does not depend on the parameters is prepared once per epoch, laid out
         # (S, K, ...) so that step s reads slot s of every job.
         visit = to(visit, torch.long)
@@ -352,7 +311,7 @@ def _train_chunk(recipe: MLP, X: np.ndarray, y: np.ndarray, n_classes: int,
         step_loss = torch.empty(S, k_alive, device=dev)
         step_sq = torch.empty(S, k_alive, device=dev)
         for s in range(S):
-            theta, m1, m2, step_loss[s], step_sq[s] = step(
+            theta, m1, m2, step_loss[s], step_sq[s] = adam_step(
                 theta, m1, m2, Xt, rows_t[s], lab_t[s], scale_t[s], decay_t[s],
                 None if clip_t is None else clip_t[s], None if noise_t is None else noise_t[s],
                 move1[s], move2[s], lr_t[s], is_weight, sizes)
