@@ -299,9 +299,9 @@ def _train_chunk(recipe: MLP, X: np.ndarray, y: np.ndarray, n_classes: int,
         lab_t = by_step(torch.gather(pool_labels, 1, rows)).unsqueeze(2).to(
             torch.float32 if n_out == 1 else torch.long).contiguous()
         rows_t = by_step(rows).contiguous()
-        scale_t = (vw / to(count)[:, :, None]).unsqueeze(2)
-        decay_t = to(decay / count)[:, :, None, None]
         count_t = to(count)
+        scale_t = (vw / count_t[:, :, None]).unsqueeze(2)
+        decay_t = to(decay / count)[:, :, None, None]
         act_t = to(active)
         # Moment updates: weight 1 - beta on a job's active steps, 0 (no change) after its last.
         move1 = to(np.where(active, 1 - b1, 0.0))[:, :, None]
