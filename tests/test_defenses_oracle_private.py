@@ -54,7 +54,7 @@ def test_clipped_gradient_equals_opacus_per_sample_gradients(hidden, n_out, clip
 
     Wt = [m.weight.detach()[None] for m in linears]
     bias = [m.bias.detach()[None, :, None] for m in linears]
-    target = y.double()[None, None] if n_out == 1 else y[None, None]
+    target = (2 * y.double() - 1)[None, None] if n_out == 1 else y[None, None]
     ones = torch.ones(1, 1, B, dtype=torch.float64)
     _, grads = loss_and_grads(Wt, bias, X.T[None], target, ones, torch.zeros(1, 1, 1, dtype=torch.float64),
                               torch.full((1, 1, 1), clip, dtype=torch.float64))

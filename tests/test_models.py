@@ -30,7 +30,7 @@ def test_hand_written_gradients_match_autograd(hidden, n_out, seed):
     bias = [torch.randn(K, o, 1, generator=g, dtype=torch.float64, requires_grad=True) for o in sizes[1:]]
     inputs = torch.randn(K, d, B, generator=g, dtype=torch.float64)
     if n_out == 1:
-        target = torch.randint(0, 2, (K, 1, B), generator=g).double()
+        target = torch.randint(0, 2, (K, 1, B), generator=g).double() * 2 - 1  # the label's sign
     else:
         target = torch.randint(0, n_out, (K, 1, B), generator=g)
     scale = torch.rand(K, 1, B, generator=g, dtype=torch.float64)
@@ -63,7 +63,7 @@ def test_binary_loss_and_gradient_equal_torch_for_all_logit_sizes():
     for label in (0.0, 1.0):
         y = torch.full_like(z, label)
         scale = torch.ones_like(z)
-        data, grads = loss_and_grads(Wt, bias, z, y, scale, torch.zeros(1, 1, 1, dtype=torch.float64))
+        data, grads = loss_and_grads(Wt, bias, z, 2 * y - 1, scale, torch.zeros(1, 1, 1, dtype=torch.float64))
         bce = torch.nn.functional.binary_cross_entropy_with_logits(z, y, reduction="none")
         wrong = (z * (2 * label - 1) < -69)  # loss saturates at -log(1e-30) = 69.08 there
         expected = torch.where(wrong, torch.full_like(bce, -np.log(1e-30)), bce).sum()
