@@ -3,10 +3,15 @@
 Both train the paper's Adult model (10 ReLU units, Adam 1e-3, batch 200, L2 1e-4, tol 1e-4,
 10 epochs without improvement) on the same D with K different seeds; prints seconds per model,
 mean test accuracy of each, and the ratio; then the FLOP rate of the batched trainer against a
-large GEMM measured in the same run, and the wall time of ``subpop-bench run --suite paper-adult``
-(warm caches, empty store) with each ``--suite-defenses`` set. Run:
+large GEMM, and the wall time of ``subpop-bench run --suite paper-adult`` (warm caches, empty
+store) with each ``--suite-defenses`` set. Run:
 
     SUBPOP_DATA_ROOT=../shared/data python benchmarks/bench_mlp.py --jobs 64 --sklearn-models 8
+
+The measurements are taken in ``--rounds`` rounds, each timing scikit-learn, the batched trainer
+and the GEMM back to back, and every ratio is reported per round and as the median over rounds:
+on a shared virtual machine the speed drifts by tens of percent within minutes, so only ratios
+of measurements taken close together in time are comparable.
 
 ``--suite-defenses all`` times every registered defense (hours on a 2-core machine);
 ``--suite-defenses ''`` skips the suite runs.
@@ -41,35 +46,51 @@ def main() -> None:
                              "torch threads each), as --executor process trains chunks")
     parser.add_argument("--executor", default="sequential", help="executor of the suite runs")
     parser.add_argument("--workers", type=int, default=2, help="workers of --executor process")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of back-to-back measurements; ratios are reported per round "
+                             "and as their median")
     args = parser.parse_args()
-    from sklearn.neural_network import MLPClassifier
+    if min(args.jobs, args.sklearn_models, args.processes, args.rounds) < 1:
+        parser.error("--jobs, --sklearn-models, --processes and --rounds must be >= 1")
 
     adult = load("adult", seed=0, data_root=args.data_root)
-    X, y, Xt, yt = adult.train.X, adult.train.y, adult.test.X, adult.test.y
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"K = {args.jobs} batched jobs, {args.sklearn_models} scikit-learn models per round")
+    speedups, rates = {}, []
+    for r in range(args.rounds):
+        print(f"round {r + 1}:")
+        round_speedups, rate = measure_round(adult, args, seed0=r * max(args.jobs, args.sklearn_models))
+        for procs, ratio in round_speedups.items():
+            speedups.setdefault(procs, []).append(ratio)
+        rates.append(rate)
+    print(f"median over {args.rounds} rounds: speed-up per model "
+          + ", ".join(f"{np.median(v):.1f}x ({p} process{'es' if p > 1 else ''})" for p, v in speedups.items())
+          + f"; trainer / GEMM rate {np.median(rates):.1%}")
 
+    for chosen in filter(None, args.suite_defenses):
+        print(f"paper-adult, --defense {chosen}, --executor {args.executor}: "
+              f"{time_suite(chosen, args):.1f} s wall", flush=True)
+
+
+def measure_round(adult, args, seed0: int) -> tuple[dict[int, float], float]:
+    """One round: scikit-learn one by one, our batched trainer (in one process and split over
+    ``--processes``) and a large GEMM, back to back. Prints them; returns the speed-up per model
+    for each process count and the trainer's FLOP rate as a fraction of the GEMM's."""
+    from sklearn.neural_network import MLPClassifier
+
+    X, y, Xt, yt = adult.train.X, adult.train.y, adult.test.X, adult.test.y
+    seeds = range(seed0, seed0 + args.sklearn_models)
     t0 = time.perf_counter()
-    sk_acc = [MLPClassifier((10,), max_iter=3000, random_state=s).fit(X, y).score(Xt, yt)
-              for s in range(args.sklearn_models)]
+    sk_acc = [MLPClassifier((10,), max_iter=3000, random_state=s).fit(X, y).score(Xt, yt) for s in seeds]
     sk_time = (time.perf_counter() - t0) / args.sklearn_models
 
+    seeds = range(seed0, seed0 + args.jobs)
     t0 = time.perf_counter()
-    ours = make("mlp").fit_many(X, y, 2, [TrainJob(np.ones(len(y)), s) for s in range(args.jobs)])
-    our_time = (time.perf_counter() - t0) / args.jobs
+    ours = make("mlp").fit_many(X, y, 2, [TrainJob(np.ones(len(y)), s) for s in seeds])
+    timings = {1: (time.perf_counter() - t0) / args.jobs}
     our_acc = [(m.predict(Xt) == yt).mean() for m in ours]
-
-    timings = {1: our_time}
     if args.processes > 1:
-        timings[args.processes] = split_over_processes(X, y, args.jobs, args.processes)
-
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"scikit-learn MLPClassifier, sequential : {sk_time:7.3f} s/model, "
-          f"accuracy {np.mean(sk_acc):.4f} (n={len(sk_acc)})")
-    print(f"subpop-bench mlp, batched K={args.jobs:<4d}    : {our_time:7.3f} s/model, "
-          f"accuracy {np.mean(our_acc):.4f}, epochs {np.mean([m.n_epochs for m in ours]):.0f}")
-    print(f"speed-up per model: {sk_time / our_time:.1f}x")
-    for procs, seconds in list(timings.items())[1:]:
-        print(f"subpop-bench mlp, K={args.jobs} over {procs} processes: {seconds:7.3f} s/model, "
-              f"speed-up per model {sk_time / seconds:.1f}x")
+        timings[args.processes] = split_over_processes(X, y, seeds, args.processes)
 
     # Useful arithmetic of the batched trainer: per example and epoch, forward 2*sum(in*out),
     # weight gradients 2*sum(in*out), input gradients 2*sum(in*out) of every layer but the first.
@@ -78,19 +99,30 @@ def main() -> None:
     per_example = 2 * sum(macs) * 2 + 2 * sum(macs[1:])
     flops = sum(m.n_epochs for m in ours) * len(y) * per_example
     trainer_rate = flops / (min(timings.values()) * args.jobs)
+    gemm_rate = large_gemm_rate()
+
+    print(f"  scikit-learn MLPClassifier, sequential : {sk_time:7.3f} s/model, "
+          f"accuracy {np.mean(sk_acc):.4f} (n={len(sk_acc)})")
+    print(f"  subpop-bench mlp, batched K={args.jobs:<4d}    : {timings[1]:7.3f} s/model, "
+          f"accuracy {np.mean(our_acc):.4f}, epochs {np.mean([m.n_epochs for m in ours]):.0f}, "
+          f"speed-up per model {sk_time / timings[1]:.1f}x")
+    for procs, seconds in list(timings.items())[1:]:
+        print(f"  the same K={args.jobs} over {procs} processes     : {seconds:7.3f} s/model, "
+              f"speed-up per model {sk_time / seconds:.1f}x")
+    print(f"  batched trainer: {trainer_rate / 1e9:.2f} GFLOP/s; 2048x2048 float32 GEMM: "
+          f"{gemm_rate / 1e9:.1f} GFLOP/s; ratio {trainer_rate / gemm_rate:.1%}", flush=True)
+    return {procs: sk_time / seconds for procs, seconds in timings.items()}, trainer_rate / gemm_rate
+
+
+def large_gemm_rate() -> float:
+    """FLOP/s of a 2048 x 2048 float32 matrix product with torch's threads."""
     a = torch.randn(2048, 2048)
     b = torch.randn(2048, 2048)
     a @ b
     t0 = time.perf_counter()
     for _ in range(5):
         a @ b
-    gemm_rate = 5 * 2 * 2048 ** 3 / (time.perf_counter() - t0)
-    print(f"batched trainer: {trainer_rate / 1e9:.2f} GFLOP/s; 2048x2048 float32 GEMM: "
-          f"{gemm_rate / 1e9:.1f} GFLOP/s; ratio {trainer_rate / gemm_rate:.1%}")
-
-    for chosen in filter(None, args.suite_defenses):
-        print(f"paper-adult, --defense {chosen}, --executor {args.executor}: "
-              f"{time_suite(chosen, args):.1f} s wall", flush=True)
+    return 5 * 2 * 2048 ** 3 / (time.perf_counter() - t0)
 
 
 def _train_share(X, y, seeds, threads):
@@ -98,9 +130,9 @@ def _train_share(X, y, seeds, threads):
     return [m.n_epochs for m in make("mlp").fit_many(X, y, 2, [TrainJob(np.ones(len(y)), s) for s in seeds])]
 
 
-def split_over_processes(X, y, jobs: int, processes: int) -> float:
-    """Seconds per model of the same K jobs split into ``processes`` interleaved shares, each
-    trained in its own spawned process (start-up excluded: the pool is warmed first)."""
+def split_over_processes(X, y, seeds, processes: int) -> float:
+    """Seconds per model of the jobs with these ``seeds`` split into ``processes`` interleaved
+    shares, each trained in its own spawned process (start-up excluded: the pool is warmed first)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
@@ -110,8 +142,8 @@ def split_over_processes(X, y, jobs: int, processes: int) -> float:
                       [threads] * processes))
         t0 = time.perf_counter()
         list(pool.map(_train_share, [X] * processes, [y] * processes,
-                      [list(range(p, jobs, processes)) for p in range(processes)], [threads] * processes))
-        return (time.perf_counter() - t0) / jobs
+                      [list(seeds)[p::processes] for p in range(processes)], [threads] * processes))
+        return (time.perf_counter() - t0) / len(seeds)
 
 
 def time_suite(chosen: str, args) -> float:
