@@ -183,3 +183,27 @@ def test_mlp_within_one_point_of_sklearn_on_adult(data_root):
                        for s in range(3)])
     assert 0.78 < ours_acc < 0.88
     assert abs(ours_acc - ref_acc) <= 0.01
+
+
+def test_chunks_hold_fewer_jobs_when_each_visits_many_rows(monkeypatch):
+    """fit_many caps a chunk at chunk_size jobs and, past 64 jobs, at about chunk_visits row
+    visits per epoch; every job is trained once, in order."""
+    import bench.models.mlp as mlp
+
+    chunks = []
+    monkeypatch.setattr(mlp, "_train_chunk", lambda recipe, X, y, n_classes, jobs: chunks.append(
+        [j.seed for j in jobs]) or [j.seed for j in jobs])
+    recipe = MODELS.get("mlp")(chunk_size=100, chunk_visits=80 * 1000)
+
+    def chunk_sizes(n_rows, n_jobs, weight=1.0):
+        chunks.clear()
+        X, y = np.zeros((n_rows, 2)), np.zeros(n_rows, dtype=np.int64)
+        y[0] = 1
+        done = recipe.fit_many(X, y, 2, [TrainJob(np.full(n_rows, weight), s) for s in range(n_jobs)])
+        assert done == list(range(n_jobs))
+        return [len(c) for c in chunks]
+
+    assert chunk_sizes(100, 250) == [100, 100, 50]          # 800 jobs' visits fit: chunk_size rules
+    assert chunk_sizes(1000, 250) == [80, 80, 80, 10]       # 80,000 visits / 1,000 rows
+    assert chunk_sizes(500, 250, weight=2.0) == [80, 80, 80, 10]  # a weight of 2 is two visits
+    assert chunk_sizes(10_000, 130) == [64, 64, 2]          # never below 64 jobs

@@ -29,7 +29,7 @@ class LinearProbe:
     epochs: int = 12
     batch_size: int = 32
     l2: float = 0.01
-    chunk_size: int = 64  # heads trained together; see MLP.chunk_size
+    chunk_size: int = 256
 
     def __post_init__(self):
         if self.l2 < 0:
