@@ -203,7 +203,7 @@ def test_chunks_hold_fewer_jobs_when_each_visits_many_rows(monkeypatch):
         assert done == list(range(n_jobs))
         return [len(c) for c in chunks]
 
-    assert chunk_sizes(100, 250) == [100, 100, 50]          # 800 jobs' visits fit: chunk_size rules
+    assert chunk_sizes(100, 250) == [100, 100, 50]          # 80,000 / 100 rows = 800: chunk_size rules
     assert chunk_sizes(1000, 250) == [80, 80, 80, 10]       # 80,000 visits / 1,000 rows
     assert chunk_sizes(500, 250, weight=2.0) == [80, 80, 80, 10]  # a weight of 2 is two visits
     assert chunk_sizes(10_000, 130) == [64, 64, 2]          # never below 64 jobs

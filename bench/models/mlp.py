@@ -34,8 +34,8 @@ class MLP:
     n_iter_no_change: int = 10
     # A chunk (jobs trained together) holds at most chunk_size jobs and, past 64 jobs, about
     # chunk_visits row visits per epoch in all. Measured on a 2-core CPU (docs/performance.md):
-    # Adult's 7,841-row jobs train 1.3x faster per model in chunks of 64 than of 256, while
-    # jobs over a few hundred rows (the digits suites) are faster in chunks of 256, where the
+    # Adult's 7,841-row jobs train 1.4-1.5x faster per model in chunks of 64 than of 256, while
+    # jobs of a few hundred rows (the digits suites) are faster in chunks of 256, where the
     # fixed cost of each epoch is shared by more jobs.
     chunk_size: int = 256
     chunk_visits: int = 2 ** 19
