@@ -38,8 +38,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 def trainer_at(revision: str) -> types.ModuleType:
     """The module ``bench/models/mlp.py`` as it was at ``revision``, without its registrations."""
-    source = subprocess.run(["git", "show", f"{revision}:bench/models/mlp.py"], cwd=REPO, check=True,
-                            capture_output=True, text=True).stdout
+    shown = subprocess.run(["git", "show", f"{revision}:bench/models/mlp.py"], cwd=REPO,
+                           capture_output=True, text=True)
+    if shown.returncode:
+        raise SystemExit(f"--base {revision}: git cannot show bench/models/mlp.py there: {shown.stderr.strip()}")
+    source = shown.stdout
     module = types.ModuleType(f"mlp_at_{revision}")
     sys.modules[module.__name__] = module  # dataclasses look their module up there
     exec(compile(source.split("\nMODELS.")[0], f"{revision}:bench/models/mlp.py", "exec"), module.__dict__)

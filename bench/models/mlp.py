@@ -65,10 +65,8 @@ class MLP:
         if n_classes < 2 or y.min(initial=0) < 0 or y.max(initial=0) >= n_classes:
             raise ValueError(f"labels must lie in [0, {n_classes}) with n_classes >= 2")
         models: list[MLPModel] = []
-        # A job visits each row ceil(weight) times per epoch (see _Schedule, which validates the
-        # weights; comparing with 0 leaves out NaN and negative ones here).
-        visits = max((np.ceil(w[w > 0]).sum() for w in (np.asarray(j.weights, np.float64) for j in jobs)),
-                     default=1)
+        # Weights are validated later, by _Schedule; _visits leaves NaN and negative ones out.
+        visits = max((_visits(np.asarray(j.weights, np.float64))[1].sum() for j in jobs), default=1)
         per_chunk = min(self.chunk_size, max(64, int(self.chunk_visits // max(visits, 1))))
         with torch.inference_mode():
             for start in range(0, len(jobs), per_chunk):
@@ -110,13 +108,19 @@ class MLPModel:
             (self.decision_function(X)[:, 0] > 0).astype(np.int64)
 
 
+def _visits(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The pool rows a job with weights ``w`` (n,) visits (weight > 0) and how many times per
+    epoch: ceil(weight), each visit carrying an equal share of the weight."""
+    support = np.flatnonzero(w > 0)
+    return support, np.ceil(w[support]).astype(np.int64)
+
+
 class _Schedule:
     """One job's epoch plan: which pool rows it visits, each visit's loss weight, its RNG."""
 
     def __init__(self, job: TrainJob, n_pool: int, batch_size: int):
         w = check_weights(job.weights, n_pool)
-        support = np.flatnonzero(w)
-        copies = np.ceil(w[support]).astype(np.int64)
+        support, copies = _visits(w)
         self.rows = np.repeat(support, copies)
         self.visit_weight = np.repeat(w[support] / copies, copies)
         self.n = len(self.rows)
