@@ -64,6 +64,8 @@ def main() -> None:
     args = parser.parse_args()
     if min(args.jobs, 1 if args.epochs is None else args.epochs, args.rounds, args.threads) < 1:
         parser.error("--jobs, --epochs, --rounds and --threads must be >= 1")
+    if args.chunk_sizes and min(args.chunk_sizes) < 1:
+        parser.error("--chunk-sizes must be >= 1")
     torch.set_num_threads(args.threads)
 
     if args.base:
