@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from bench.models import MODELS, TrainJob, check_weights
+from bench.models import MODELS, TrainJob, check_weights, fused
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,10 @@ class MLP:
     chunk_size: int = 256
     chunk_visits: int = 2 ** 19
     device: str = "cpu"
+    # "auto": the fused CPU kernel (bench/models/fused.py) where it applies (CPU, one hidden
+    # layer of <= 64 units, <= 16 classes, no DP-SGD job, a C++ compiler), else the batched torch
+    # trainer; "torch" always the latter.
+    backend: str = "auto"
 
     def __post_init__(self):
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
@@ -50,6 +54,8 @@ class MLP:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.alpha < 0 or self.tol < 0 or self.n_iter_no_change < 1:
             raise ValueError("alpha and tol must be >= 0 and n_iter_no_change >= 1")
+        if self.backend not in ("auto", "torch"):
+            raise ValueError(f"backend must be 'auto' or 'torch', got {self.backend!r}")
 
     def fit(self, X, y, n_classes: int, sample_weight=None, seed: int = 0) -> "MLPModel":
         """Train one model on X (n, d) with labels y (n,) in [0, n_classes)."""
@@ -64,6 +70,9 @@ class MLP:
             raise ValueError(f"X must be (n, d) and y (n,); got {X.shape} and {y.shape}")
         if n_classes < 2 or y.min(initial=0) < 0 or y.max(initial=0) >= n_classes:
             raise ValueError(f"labels must lie in [0, {n_classes}) with n_classes >= 2")
+        if (self.backend == "auto" and torch.device(self.device).type == "cpu"
+                and not any(j.private for j in jobs) and fused.supports(self.hidden, n_classes)):
+            return _train_fused(self, X, y, n_classes, jobs)
         models: list[MLPModel] = []
         # Weights are validated later, by _Schedule; _visits leaves NaN and negative ones out.
         visits = max((_visits(np.asarray(j.weights, np.float64))[1].sum() for j in jobs), default=1)
@@ -236,6 +245,24 @@ def adam_step(theta, m1, m2, X, rows, target, scale, decay, clip, noise, move1, 
     return loss, sq
 
 
+def _job_labels(y: np.ndarray, jobs: list[TrainJob]) -> list[np.ndarray]:
+    """Each job's pool labels (n,): its own relabelling, or the pool's."""
+    labels = [y if job.labels is None else np.asarray(job.labels, np.int64) for job in jobs]
+    if any(lab.shape != y.shape for lab in labels):
+        raise ValueError(f"job labels must have shape {y.shape}")
+    return labels
+
+
+def _train_fused(recipe: MLP, X: np.ndarray, y: np.ndarray, n_classes: int,
+                 jobs: list[TrainJob]) -> list[MLPModel]:
+    sizes = [X.shape[1], *recipe.hidden, 1 if n_classes == 2 else n_classes]
+    plans = [_Schedule(job, len(y), recipe.batch_size) for job in jobs]
+    labels = _job_labels(y, jobs)
+    init = [_init_params(p.rng, sizes) for p in plans]
+    trained = fused.train(recipe, X, n_classes, plans, labels, init)
+    return [MLPModel((W1, W2), (b1, b2), n_classes, epochs) for (W1, b1, W2, b2), epochs in trained]
+
+
 def _layer_views(theta: torch.Tensor, sizes: list[int]):
     """Views ``Wt[i]`` (K, fan_out, fan_in) and ``bias[i]`` (K, fan_out, 1) into the flat
     (K, n_params) buffer laid out as [Wt_0, b_0, Wt_1, b_1, ...]."""
@@ -261,9 +288,7 @@ def _train_chunk(recipe: MLP, X: np.ndarray, y: np.ndarray, n_classes: int,
     n_out = 1 if n_classes == 2 else n_classes
     sizes = [X.shape[1], *recipe.hidden, n_out]
     plans = [_Schedule(job, n_pool, recipe.batch_size) for job in jobs]
-    labels = np.stack([y if job.labels is None else np.asarray(job.labels, np.int64) for job in jobs])
-    if labels.shape != (K, n_pool):
-        raise ValueError(f"job labels must have shape ({n_pool},)")
+    labels = np.stack(_job_labels(y, jobs))
     # Each job's visits (pool row, loss weight, label), padded to a common length with one
     # trailing weight-0 visit that empty minibatch slots point at: an epoch's layout is then one
     # permutation per job and three vectorised gathers.

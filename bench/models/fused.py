@@ -1,0 +1,167 @@
+"""The fused CPU trainer of the ``mlp`` recipe: one job's whole training in one C++ call.
+
+``fused_mlp.cpp`` is compiled on first use with the system's C++ compiler (``$CXX``, else
+``c++``) for this CPU (``-march=native``) and cached under the user cache directory, keyed by
+the source, the compiler and the CPU's flags; it is loaded with ``ctypes``, which releases the GIL
+during the call, so jobs train in parallel threads. Without a compiler the torch trainer is used.
+
+It covers one hidden layer of at most 64 units, a logistic output or a softmax over at most 16
+classes, and non-private jobs; ``MLP.fit_many`` sends everything else to the torch trainer. A job
+draws its initialisation and minibatch orders from the same numpy Generator as in the torch
+trainer (the kernel reproduces numpy's PCG64 and ``permutation``), so the two trainers give the
+same models up to floating-point rounding.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import subprocess
+import tempfile
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse
+import torch
+
+from bench.datasets import user_cache_dir
+
+SOURCE = Path(__file__).with_name("fused_mlp.cpp")
+FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno")
+MAX_HIDDEN, MAX_CLASSES = 64, 16
+LANES = 16
+
+_i64, _i32, _f32, _f64, _u64 = (np.ctypeslib.ndpointer(t, flags="C_CONTIGUOUS")
+                                for t in (np.int64, np.int32, np.float32, np.float64, np.uint64))
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _compile(path: Path, compiler: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Compiled to a private name and renamed, so that processes starting together never load a
+    # half-written library.
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
+    os.close(fd)
+    try:
+        subprocess.run([compiler, *FLAGS, "-o", tmp, str(SOURCE)], check=True, capture_output=True, text=True)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@functools.cache
+def library() -> ctypes.CDLL | None:
+    """The compiled kernel, or None (with a warning) when it cannot be built here."""
+    compiler = os.environ.get("CXX", "c++")
+    try:
+        version = subprocess.run([compiler, "--version"], check=True, capture_output=True, text=True).stdout
+        key = hashlib.sha256("\0".join([SOURCE.read_text(), version, *FLAGS, _cpu_flags()]).encode())
+        path = user_cache_dir() / "kernels" / f"fused_mlp-{key.hexdigest()[:16]}.so"
+        if not path.exists():
+            _compile(path, compiler)
+        lib = ctypes.CDLL(str(path))
+    except (OSError, subprocess.CalledProcessError) as err:
+        detail = getattr(err, "stderr", "") or err
+        warnings.warn(f"the fused CPU trainer could not be built ({detail}); using the torch trainer",
+                      RuntimeWarning, stacklevel=2)
+        return None
+    lib.train_mlp.restype = ctypes.c_int
+    lib.train_mlp.argtypes = [_i64, _i32, _f32, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32,
+                              _i32, _f32, _f32, ctypes.c_int64, ctypes.c_double, ctypes.c_double,
+                              ctypes.c_double, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32,
+                              _f32, _u64, _f64]
+    lib.permutation.restype = None
+    lib.permutation.argtypes = [_u64, _i32, ctypes.c_int64]
+    return lib
+
+
+def supports(hidden: tuple[int, ...], n_classes: int) -> bool:
+    """Whether the kernel has a variant for this network (and could be built here)."""
+    return (len(hidden) == 1 and hidden[0] <= MAX_HIDDEN and n_classes <= MAX_CLASSES
+            and library() is not None)
+
+
+def pack_state(rng: np.random.Generator) -> np.ndarray:
+    """A PCG64 Generator's state as the kernel's six words."""
+    st = rng.bit_generator.state
+    if st["bit_generator"] != "PCG64":
+        raise ValueError(f"the fused trainer needs a PCG64 generator, got {st['bit_generator']}")
+    s, inc = st["state"]["state"], st["state"]["inc"]
+    mask = (1 << 64) - 1
+    return np.array([s >> 64, s & mask, inc >> 64, inc & mask, st["has_uint32"], st["uinteger"]],
+                    dtype=np.uint64)
+
+
+def permutation(state: np.ndarray, n: int) -> np.ndarray:
+    """``Generator.permutation(n)`` computed by the kernel from ``state`` (advanced in place)."""
+    out = np.empty(n, dtype=np.int32)
+    library().permutation(state, out, n)
+    return out
+
+
+def _layout(d: int, hidden: int, n_out: int) -> tuple[int, int, int, int]:
+    """Widths padded to the kernel's lanes and the parameter count: (HP, CO, P)."""
+    hp = -(-hidden // LANES) * LANES
+    co = LANES if n_out > 1 else 1
+    return hp, co, d * hp + hp + hp * co + co
+
+
+def train(recipe, X: np.ndarray, n_classes: int, schedules: list, labels: list[np.ndarray],
+          init: list[list[np.ndarray]]) -> list[tuple[list[np.ndarray], int]]:
+    """Train each job: ``schedules[k]`` (a ``_Schedule``: its visits and RNG, advanced past the
+    initialisation), ``labels[k]`` (n,) its pool labels, ``init[k]`` its initial [W1 (d, h),
+    b1 (h,), W2 (h, n_out), b2 (n_out,)]. Returns (trained parameters in the same shapes, epochs)
+    per job. Jobs run in ``torch.get_num_threads()`` threads, largest first."""
+    lib = library()
+    csr = scipy.sparse.csr_matrix(X)
+    indptr = csr.indptr.astype(np.int64)
+    indices = csr.indices.astype(np.int32)
+    values = csr.data.astype(np.float32)
+    d, h = X.shape[1], recipe.hidden[0]
+    n_out = 1 if n_classes == 2 else n_classes
+    hp, co, P = _layout(d, h, n_out)
+
+    def one(k: int):
+        plan, (W1, b1, W2, b2) = schedules[k], init[k]
+        theta = np.zeros(P, dtype=np.float32)
+        theta[:d * hp].reshape(d, hp)[:, :h] = W1
+        theta[d * hp:d * hp + h] = b1
+        theta[d * hp + hp:d * hp + hp + hp * co].reshape(hp, co)[:h, :n_out] = W2
+        theta[P - co:P - co + n_out] = b2
+        lab = labels[k][plan.rows]
+        lab = (2 * lab - 1 if n_out == 1 else lab).astype(np.float32)
+        state = pack_state(plan.rng)
+        losses = np.empty(recipe.max_epochs, dtype=np.float64)
+        epochs = lib.train_mlp(indptr, indices, values, d, h, n_classes, plan.rows.astype(np.int32),
+                               plan.visit_weight.astype(np.float32), lab, plan.n, recipe.lr, recipe.alpha,
+                               recipe.tol, recipe.n_iter_no_change, recipe.max_epochs, recipe.batch_size,
+                               theta, state, losses)
+        if epochs < 1:
+            raise RuntimeError(f"the fused trainer has no variant for hidden={h}, n_classes={n_classes}")
+        params = [theta[:d * hp].reshape(d, hp)[:, :h].copy(), theta[d * hp:d * hp + h].copy(),
+                  theta[d * hp + hp:d * hp + hp + hp * co].reshape(hp, co)[:h, :n_out].copy(),
+                  theta[P - co:P - co + n_out].copy()]
+        return params, int(epochs)
+
+    order = sorted(range(len(schedules)), key=lambda k: -schedules[k].n)
+    threads = max(1, min(torch.get_num_threads(), len(order)))
+    if threads == 1:
+        done = {k: one(k) for k in order}
+    else:
+        with ThreadPoolExecutor(threads) as pool:
+            done = dict(zip(order, pool.map(one, order)))
+    return [done[k] for k in range(len(schedules))]
