@@ -34,3 +34,18 @@ def data_root() -> Path:
             pytest.fail(message, pytrace=False)
         pytest.skip(message)
     return root
+
+
+@pytest.fixture(scope="session")
+def fused_kernel():
+    """The compiled fused CPU trainer. Skipped without a C++ compiler, except in CI, where the
+    fused path is the default trainer and must be tested."""
+    from bench.models import fused
+
+    lib = fused.library()
+    if lib is None:
+        message = "the fused CPU trainer could not be built (no working C++ compiler: set $CXX)"
+        if os.environ.get("CI"):
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    return lib

@@ -71,9 +71,11 @@ def test_binary_loss_and_gradient_equal_torch_for_all_logit_sizes():
         torch.testing.assert_close(grads[1][0, 0, 0], (torch.sigmoid(z) - y).sum(), rtol=1e-12, atol=1e-12)
 
 
-def test_batched_equals_one_by_one(synthetic):
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+def test_batched_equals_one_by_one(synthetic, backend):
     """Tolerance: predictions agree on >= 99% of test points and probabilities within 0.02;
-    batching changes only the floating-point summation order."""
+    batching changes only the floating-point summation order (the fused trainer, "auto", trains
+    each job on its own, so it must agree exactly)."""
     X, y = synthetic.train.X, synthetic.train.y
     rng = np.random.default_rng(0)
     jobs = [TrainJob(np.ones(len(y)), 1),
@@ -83,7 +85,7 @@ def test_batched_equals_one_by_one(synthetic):
             TrainJob(np.ones(len(y)), 5, labels=1 - y),
             # Fewer rows than a minibatch: its batches are narrower than the others' slots.
             TrainJob((np.arange(len(y)) < 60).astype(float), 6)]
-    recipe = make("mlp", hidden=(8,), max_epochs=150)
+    recipe = make("mlp", hidden=(8,), max_epochs=150, backend=backend)
     together = recipe.fit_many(X, y, 2, jobs)
     for job, model in zip(jobs, together):
         alone = recipe.fit_many(X, y, 2, [job])[0]
@@ -193,7 +195,7 @@ def test_chunks_hold_fewer_jobs_when_each_visits_many_rows(monkeypatch):
     chunks = []
     monkeypatch.setattr(mlp, "_train_chunk", lambda recipe, X, y, n_classes, jobs: chunks.append(
         [j.seed for j in jobs]) or [j.seed for j in jobs])
-    recipe = MODELS.get("mlp")(chunk_size=100, chunk_visits=80 * 1000)
+    recipe = MODELS.get("mlp")(chunk_size=100, chunk_visits=80 * 1000, backend="torch")
 
     def chunk_sizes(n_rows, n_jobs, weight=1.0):
         chunks.clear()

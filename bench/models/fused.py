@@ -121,11 +121,11 @@ def _layout(d: int, hidden: int, n_out: int) -> tuple[int, int, int, int]:
 
 
 def train(recipe, X: np.ndarray, n_classes: int, schedules: list, labels: list[np.ndarray],
-          init: list[list[np.ndarray]]) -> list[tuple[list[np.ndarray], int]]:
+          init: list[list[np.ndarray]]) -> list[tuple[list[np.ndarray], int, np.ndarray]]:
     """Train each job: ``schedules[k]`` (a ``_Schedule``: its visits and RNG, advanced past the
     initialisation), ``labels[k]`` (n,) its pool labels, ``init[k]`` its initial [W1 (d, h),
-    b1 (h,), W2 (h, n_out), b2 (n_out,)]. Returns (trained parameters in the same shapes, epochs)
-    per job. Jobs run in ``torch.get_num_threads()`` threads, largest first."""
+    b1 (h,), W2 (h, n_out), b2 (n_out,)]. Returns per job the trained parameters in the same
+    shapes, the number of epochs and each epoch's mean training loss (epochs,). Jobs run in ``torch.get_num_threads()`` threads, largest first."""
     lib = library()
     csr = scipy.sparse.csr_matrix(X)
     indptr = csr.indptr.astype(np.int64)
@@ -155,7 +155,7 @@ def train(recipe, X: np.ndarray, n_classes: int, schedules: list, labels: list[n
         params = [theta[:d * hp].reshape(d, hp)[:, :h].copy(), theta[d * hp:d * hp + h].copy(),
                   theta[d * hp + hp:d * hp + hp + hp * co].reshape(hp, co)[:h, :n_out].copy(),
                   theta[P - co:P - co + n_out].copy()]
-        return params, int(epochs)
+        return params, int(epochs), losses[:epochs]
 
     order = sorted(range(len(schedules)), key=lambda k: -schedules[k].n)
     threads = max(1, min(torch.get_num_threads(), len(order)))

@@ -260,7 +260,7 @@ def _train_fused(recipe: MLP, X: np.ndarray, y: np.ndarray, n_classes: int,
     labels = _job_labels(y, jobs)
     init = [_init_params(p.rng, sizes) for p in plans]
     trained = fused.train(recipe, X, n_classes, plans, labels, init)
-    return [MLPModel((W1, W2), (b1, b2), n_classes, epochs) for (W1, b1, W2, b2), epochs in trained]
+    return [MLPModel((W1, W2), (b1, b2), n_classes, epochs) for (W1, b1, W2, b2), epochs, _ in trained]
 
 
 def _layer_views(theta: torch.Tensor, sizes: list[int]):
