@@ -1,4 +1,4 @@
-"""Paired before/after timing of the batched MLP trainer, in one process.
+"""Paired before/after timing of the MLP trainers, in one process.
 
 Trains K jobs of the paper's Adult model (K seeds on D) with each variant in turn, alternating
 their order, and prints milliseconds per job and epoch for every round and the median of the
@@ -7,8 +7,10 @@ minutes, only such paired measurements show a change of a few percent.
 
     # the trainer of a git revision against the working tree's, 5 epochs per job
     SUBPOP_DATA_ROOT=../shared/data python benchmarks/ab_mlp.py --base 4db0ff3 --epochs 5
-    # whole trainings (early stopping) in chunks of 64 and of 256 jobs
+    # whole trainings (early stopping) of the batched torch trainer in chunks of 64 and of 256 jobs
     SUBPOP_DATA_ROOT=../shared/data python benchmarks/ab_mlp.py --chunk-sizes 64 256 --jobs 256 --rounds 2
+    # the batched torch trainer against the default (the fused CPU kernel where it builds)
+    SUBPOP_DATA_ROOT=../shared/data python benchmarks/ab_mlp.py --backends torch auto
 
 A fixed number of epochs (early stopping off, so every variant does the same work) isolates the
 cost of an epoch, but it also counts each chunk's set-up once per few epochs: compare chunk sizes
@@ -54,12 +56,15 @@ def main() -> None:
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--base", metavar="REV", help="git revision whose trainer to compare with the working tree's")
     which.add_argument("--chunk-sizes", type=int, nargs=2, metavar=("A", "B"),
-                       help="compare the working tree's trainer at these two chunk sizes")
+                       help="compare the working tree's batched torch trainer at these two chunk sizes")
+    which.add_argument("--backends", nargs=2, metavar=("A", "B"), choices=("auto", "torch"),
+                       help="compare the working tree's trainer with these two MLP backends")
     parser.add_argument("--jobs", type=int, default=64, help="K, jobs trained per variant and round")
     parser.add_argument("--epochs", type=int, default=None,
                         help="epochs per job, early stopping off (default: whole trainings)")
     parser.add_argument("--rounds", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (the fused trainer runs as many jobs at once)")
     parser.add_argument("--data-root", default=None)
     args = parser.parse_args()
     if min(args.jobs, 1 if args.epochs is None else args.epochs, args.rounds, args.threads) < 1:
@@ -70,9 +75,13 @@ def main() -> None:
 
     if args.base:
         variants = {args.base: (trainer_at(args.base), {}), "working tree": (current, {})}
+    elif args.backends:
+        if args.backends[0] == args.backends[1]:
+            parser.error("--backends needs two different backends")
+        variants = {b: (current, {"backend": b}) for b in args.backends}
     else:
         # chunk_visits out of the way, so that chunk_size alone sets the chunks
-        variants = {f"chunk {c}": (current, {"chunk_size": c, "chunk_visits": 2 ** 62})
+        variants = {f"chunk {c}": (current, {"chunk_size": c, "chunk_visits": 2 ** 62, "backend": "torch"})
                     for c in args.chunk_sizes}
     fixed = {} if args.epochs is None else {"max_epochs": args.epochs, "n_iter_no_change": 10 ** 6}
     adult = load("adult", seed=0, data_root=args.data_root)
@@ -87,7 +96,7 @@ def main() -> None:
             ms[name].append((time.perf_counter() - t0) * 1e3 / sum(m.n_epochs for m in models))
     first, second = (np.array(v) for v in ms.values())
     length = "whole trainings" if args.epochs is None else f"{args.epochs} epochs"
-    print(f"Adult, K = {args.jobs}, {length}, {args.threads} torch thread(s); "
+    print(f"Adult, K = {args.jobs}, {length}, {args.threads} thread(s); "
           f"ms per job and epoch in {args.rounds} rounds:")
     for name, values in ms.items():
         print(f"  {name:>14}: median {np.median(values):.3f}  [{' '.join(f'{v:.3f}' for v in values)}]")

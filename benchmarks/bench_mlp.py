@@ -1,14 +1,15 @@
-"""Per-model training time: scikit-learn MLPClassifier one by one vs our batched ``mlp``.
+"""Per-model training time: scikit-learn MLPClassifier one by one vs our ``mlp``.
 
 Both train the paper's Adult model (10 ReLU units, Adam 1e-3, batch 200, L2 1e-4, tol 1e-4,
 10 epochs without improvement) on the same D with K different seeds; prints seconds per model,
-mean test accuracy of each, and the ratio; then the FLOP rate of the batched trainer against a
-large GEMM, and the wall time of ``subpop-bench run --suite paper-adult`` (warm caches, empty
+mean test accuracy of each, and the ratio, for our default trainer (the fused CPU kernel, jobs
+in parallel threads) and the batched torch trainer; then the FLOP rate of the default trainer
+against a large GEMM, and the wall time of ``subpop-bench run --suite paper-adult`` (warm caches, empty
 store) with each ``--suite-defenses`` set. Run:
 
     SUBPOP_DATA_ROOT=../shared/data python benchmarks/bench_mlp.py --jobs 64 --sklearn-models 8
 
-The measurements are taken in ``--rounds`` rounds, each timing scikit-learn, the batched trainer
+The measurements are taken in ``--rounds`` rounds, each timing scikit-learn, our trainers
 and the GEMM back to back, and every ratio is reported per round and as the median over rounds:
 on a shared virtual machine the speed drifts by tens of percent within minutes, so only ratios
 of measurements taken close together in time are comparable.
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 
 from bench.datasets import load
-from bench.models import TrainJob, make
+from bench.models import TrainJob, fused, make
 
 
 def main() -> None:
@@ -60,11 +61,11 @@ def main() -> None:
     for r in range(args.rounds):
         print(f"round {r + 1}:")
         round_speedups, rate = measure_round(adult, args, seed0=r * max(args.jobs, args.sklearn_models))
-        for procs, ratio in round_speedups.items():
-            speedups.setdefault(procs, []).append(ratio)
+        for label, ratio in round_speedups.items():
+            speedups.setdefault(label, []).append(ratio)
         rates.append(rate)
     print(f"median over {args.rounds} rounds: speed-up per model "
-          + ", ".join(f"{np.median(v):.1f}x ({p} process{'es' if p > 1 else ''})" for p, v in speedups.items())
+          + ", ".join(f"{np.median(v):.1f}x ({label})" for label, v in speedups.items())
           + f"; trainer / GEMM rate {np.median(rates):.1%}")
 
     for chosen in filter(None, args.suite_defenses):
@@ -73,9 +74,10 @@ def main() -> None:
 
 
 def measure_round(adult, args, seed0: int) -> tuple[dict[int, float], float]:
-    """One round: scikit-learn one by one, our batched trainer (in one process and split over
-    ``--processes``) and a large GEMM, back to back. Prints them; returns the speed-up per model
-    for each process count and the trainer's FLOP rate as a fraction of the GEMM's."""
+    """One round: scikit-learn one by one, our default trainer (in one process and split over
+    ``--processes``), the batched torch trainer and a large GEMM, back to back. Prints them;
+    returns the speed-up per model of each trainer and process count, and the default trainer's
+    FLOP rate as a fraction of the GEMM's."""
     from sklearn.neural_network import MLPClassifier
 
     X, y, Xt, yt = adult.train.X, adult.train.y, adult.test.X, adult.test.y
@@ -85,33 +87,42 @@ def measure_round(adult, args, seed0: int) -> tuple[dict[int, float], float]:
     sk_time = (time.perf_counter() - t0) / args.sklearn_models
 
     seeds = range(seed0, seed0 + args.jobs)
-    t0 = time.perf_counter()
-    ours = make("mlp").fit_many(X, y, 2, [TrainJob(np.ones(len(y)), s) for s in seeds])
-    timings = {1: (time.perf_counter() - t0) / args.jobs}
-    our_acc = [(m.predict(Xt) == yt).mean() for m in ours]
+    jobs = [TrainJob(np.ones(len(y)), s) for s in seeds]
+    # The default recipe runs the fused CPU kernel where it can be built; the batched torch
+    # trainer (backend="torch") is timed on the same jobs for comparison.
+    default = "fused" if fused.supports((10,), 2) else "torch (no C++ compiler for the fused kernel)"
+    timings, models = {}, {}
+    for label, recipe in ((default, make("mlp")), ("torch, batched", make("mlp", backend="torch"))):
+        t0 = time.perf_counter()
+        models[label] = recipe.fit_many(X, y, 2, jobs)
+        timings[f"{label}, 1 process"] = (time.perf_counter() - t0) / args.jobs
+    ours = models[default]
     if args.processes > 1:
-        timings[args.processes] = split_over_processes(X, y, seeds, args.processes)
+        timings[f"{default}, {args.processes} processes"] = split_over_processes(X, y, seeds, args.processes)
 
-    # Useful arithmetic of the batched trainer: per example and epoch, forward 2*sum(in*out),
-    # weight gradients 2*sum(in*out), input gradients 2*sum(in*out) of every layer but the first.
+    # Useful arithmetic of a dense network, as scikit-learn computes it: per example and epoch,
+    # forward 2*sum(in*out), weight gradients 2*sum(in*out), input gradients 2*sum(in*out) of
+    # every layer but the first. The fused kernel skips zero inputs (a share of 1 - density of
+    # the first layer's products), so this is a dense-equivalent rate for it.
     sizes = [X.shape[1], 10, 1]
     macs = [i * o for i, o in zip(sizes[:-1], sizes[1:])]
     per_example = 2 * sum(macs) * 2 + 2 * sum(macs[1:])
     flops = sum(m.n_epochs for m in ours) * len(y) * per_example
-    trainer_rate = flops / (min(timings.values()) * args.jobs)
+    best = min(v for k, v in timings.items() if k.startswith(default))
+    trainer_rate = flops / (best * args.jobs)
     gemm_rate = large_gemm_rate()
 
     print(f"  scikit-learn MLPClassifier, sequential : {sk_time:7.3f} s/model, "
           f"accuracy {np.mean(sk_acc):.4f} (n={len(sk_acc)})")
-    print(f"  subpop-bench mlp, batched K={args.jobs:<4d}    : {timings[1]:7.3f} s/model, "
-          f"accuracy {np.mean(our_acc):.4f}, epochs {np.mean([m.n_epochs for m in ours]):.0f}, "
-          f"speed-up per model {sk_time / timings[1]:.1f}x")
-    for procs, seconds in list(timings.items())[1:]:
-        print(f"  the same K={args.jobs} over {procs} processes     : {seconds:7.3f} s/model, "
-              f"speed-up per model {sk_time / seconds:.1f}x")
-    print(f"  batched trainer: {trainer_rate / 1e9:.2f} GFLOP/s; 2048x2048 float32 GEMM: "
-          f"{gemm_rate / 1e9:.1f} GFLOP/s; ratio {trainer_rate / gemm_rate:.1%}", flush=True)
-    return {procs: sk_time / seconds for procs, seconds in timings.items()}, trainer_rate / gemm_rate
+    for label, seconds in timings.items():
+        trained = models.get(label.rsplit(", ", 1)[0], ours)
+        print(f"  subpop-bench mlp, K={args.jobs}, {label:<28s}: {seconds:7.3f} s/model, "
+              f"accuracy {np.mean([(m.predict(Xt) == yt).mean() for m in trained]):.4f}, "
+              f"epochs {np.mean([m.n_epochs for m in trained]):.0f}, speed-up per model {sk_time / seconds:.1f}x")
+    print(f"  {default} trainer: {trainer_rate / 1e9:.2f} GFLOP/s dense-equivalent (inputs "
+          f"{(X != 0).mean():.0%} non-zero); 2048x2048 float32 GEMM: {gemm_rate / 1e9:.1f} GFLOP/s; "
+          f"ratio {trainer_rate / gemm_rate:.1%}", flush=True)
+    return {label: sk_time / seconds for label, seconds in timings.items()}, trainer_rate / gemm_rate
 
 
 def large_gemm_rate() -> float:
