@@ -2,6 +2,9 @@
 trainer, sklearn's stopping rule, determinism across threads, and the fallback without a compiler."""
 from __future__ import annotations
 
+import os
+import platform
+
 import numpy as np
 import pytest
 import torch
@@ -122,3 +125,24 @@ def test_without_a_compiler_the_torch_trainer_is_used(synthetic, monkeypatch, tm
 def test_bad_backend_is_rejected():
     with pytest.raises(ValueError, match="backend must be 'auto' or 'torch'"):
         make("mlp", backend="gpu")
+
+
+def test_models_do_not_depend_on_the_vector_isa(fused_kernel, synthetic, tmp_path, monkeypatch):
+    """The kernel built for AVX2 (x86-64-v3) trains bit-for-bit the models of the build for this
+    CPU (AVX-512 where it has it): lane-wise arithmetic, fixed reduction orders, own exp and log."""
+    flags = fused._cpu_flags().split()
+    if platform.machine() not in ("x86_64", "AMD64") or "avx2" not in flags or "fma" not in flags:
+        pytest.skip("needs an x86-64 CPU with AVX2 and FMA")
+    X, y = synthetic.train.X, synthetic.train.y
+    y3 = (y + (X[:, 0] > 0)) % 3
+    recipe = make("mlp", hidden=(20,), max_epochs=30)
+    native = [recipe.fit_many(X, y, 2, _jobs(len(y), y, 2)), recipe.fit_many(X, y3, 3, _jobs(len(y), y3, 3))]
+    path = tmp_path / "avx2.so"
+    fused.build(path, os.environ.get("CXX", "c++"),
+                tuple("-march=x86-64-v3" if f == "-march=native" else f for f in fused.FLAGS))
+    avx2 = fused.load_library(path)
+    monkeypatch.setattr(fused, "library", lambda: avx2)
+    other = [recipe.fit_many(X, y, 2, _jobs(len(y), y, 2)), recipe.fit_many(X, y3, 3, _jobs(len(y), y3, 3))]
+    for a, b in zip(sum(native, []), sum(other, [])):
+        assert a.n_epochs == b.n_epochs
+        assert all(np.array_equal(p, q) for p, q in zip(a.weights + a.biases, b.weights + b.biases))

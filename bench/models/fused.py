@@ -49,14 +49,15 @@ def _cpu_flags() -> str:
     return platform.processor()
 
 
-def _compile(path: Path, compiler: str) -> None:
+def build(path: Path, compiler: str, flags: tuple[str, ...] = FLAGS) -> None:
+    """Compile ``fused_mlp.cpp`` into the shared library ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     # Compiled to a private name and renamed, so that processes starting together never load a
     # half-written library.
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
     os.close(fd)
     try:
-        subprocess.run([compiler, *FLAGS, "-o", tmp, str(SOURCE)], check=True, capture_output=True, text=True)
+        subprocess.run([compiler, *flags, "-o", tmp, str(SOURCE)], check=True, capture_output=True, text=True)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -72,13 +73,18 @@ def library() -> ctypes.CDLL | None:
         key = hashlib.sha256("\0".join([SOURCE.read_text(), version, *FLAGS, _cpu_flags()]).encode())
         path = user_cache_dir() / "kernels" / f"fused_mlp-{key.hexdigest()[:16]}.so"
         if not path.exists():
-            _compile(path, compiler)
-        lib = ctypes.CDLL(str(path))
+            build(path, compiler)
+        return load_library(path)
     except (OSError, subprocess.CalledProcessError) as err:
         detail = getattr(err, "stderr", "") or err
         warnings.warn(f"the fused CPU trainer could not be built ({detail}); using the torch trainer",
                       RuntimeWarning, stacklevel=2)
         return None
+
+
+def load_library(path: Path) -> ctypes.CDLL:
+    """Load a build of ``fused_mlp.cpp`` and declare its functions' signatures."""
+    lib = ctypes.CDLL(str(path))
     lib.train_mlp.restype = ctypes.c_int
     lib.train_mlp.argtypes = [_i64, _i32, _f32, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32,
                               _i32, _f32, _f32, ctypes.c_int64, ctypes.c_double, ctypes.c_double,
