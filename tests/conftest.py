@@ -8,6 +8,7 @@ misconfigured CI job cannot go green by skipping every real-data test.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -28,12 +29,24 @@ def _data_problem() -> tuple[Path | None, str | None]:
 def data_root() -> Path:
     root, problem = _data_problem()
     if problem is not None:
-        message = (f"real-data tests need the official datasets: {problem}. Point "
-                   f"SUBPOP_DATA_ROOT at the data folder (in this repository: ../shared/data).")
-        if os.environ.get("CI"):
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+        _unavailable(f"real-data tests need the official datasets: {problem}. Point "
+                     f"SUBPOP_DATA_ROOT at the data folder (in this repository: ../shared/data).")
     return root
+
+
+def _unavailable(message: str):
+    """Skip the test, or fail it in CI, which must run every test."""
+    if os.environ.get("CI"):
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if path is None:
+        _unavailable("headless Chromium is needed to check the rendered site (apt-get install chromium)")
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -44,8 +57,5 @@ def fused_kernel():
 
     lib = fused.library()
     if lib is None:
-        message = "the fused CPU trainer could not be built (no working C++ compiler: set $CXX)"
-        if os.environ.get("CI"):
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+        _unavailable("the fused CPU trainer could not be built (no working C++ compiler: set $CXX)")
     return lib

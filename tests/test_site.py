@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -44,17 +42,6 @@ window.addEventListener("load", () => {
   document.body.append(probe);
 });
 </script>"""
-
-
-@pytest.fixture(scope="session")
-def chromium() -> str:
-    path = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    if path is None:
-        message = "headless Chromium is needed to check the rendered site (apt-get install chromium)"
-        if os.environ.get("CI"):
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    return path
 
 
 @pytest.fixture(scope="module")

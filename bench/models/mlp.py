@@ -6,9 +6,13 @@ minibatches of min(200, n) reshuffled every epoch, L2 penalty ``alpha``/2 * ||W|
 and stopping once the epoch loss has not improved by ``tol`` for more than ``n_iter_no_change``
 epochs.
 
-``fit_many`` trains K jobs together with stacked parameters (K, fan_in, fan_out): one batched
-matmul per layer for all K, each job with its own minibatch order, Adam step counter and early
-stopping. A job gives the same model alone or in a batch, up to floating-point noise.
+Two trainers implement it. On CPU, networks with one hidden layer (<= 64 units, <= 16 classes,
+no DP-SGD) go to the fused kernel of ``bench/models/fused.py``, one job per call, jobs in parallel
+threads. Everything else (GPUs, DP-SGD, deeper networks, logistic regression, ``backend="torch"``)
+goes to the batched torch trainer here: ``fit_many`` trains K jobs together with stacked
+parameters (K, fan_in, fan_out), one batched matmul per layer for all K, each job with its own
+minibatch order, Adam step counter and early stopping. A job gives the same model alone or in a
+batch, and from either trainer, up to floating-point noise.
 """
 from __future__ import annotations
 
