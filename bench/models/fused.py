@@ -33,6 +33,10 @@ from bench.datasets import user_cache_dir
 SOURCE = Path(__file__).with_name("fused_mlp.cpp")
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno")
 MAX_HIDDEN, MAX_CLASSES = 64, 16
+# Relative costs per example for split_columns, in units of one dense column, measured on this
+# machine (docs/performance.md): a sparse entry (a read-modify-write of a gradient row) 3.3; a
+# per-row entry count that varies (branch mispredictions at the end of both loops) 14.
+COST = {"sparse": 3.3, "varying": 14.0}
 LANES = 16
 
 _i64, _i32, _f32, _f64, _u64 = (np.ctypeslib.ndpointer(t, flags="C_CONTIGUOUS")
@@ -86,7 +90,8 @@ def load_library(path: Path) -> ctypes.CDLL:
     """Load a build of ``fused_mlp.cpp`` and declare its functions' signatures."""
     lib = ctypes.CDLL(str(path))
     lib.train_mlp.restype = ctypes.c_int
-    lib.train_mlp.argtypes = [_i64, _i32, _f32, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32,
+    lib.train_mlp.argtypes = [_f32, _i32, ctypes.c_int32, ctypes.c_int32,
+                              _i64, _i32, _f32, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32,
                               _i32, _f32, _f32, ctypes.c_int64, ctypes.c_double, ctypes.c_double,
                               ctypes.c_double, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32,
                               _f32, _u64, _f64]
@@ -119,6 +124,38 @@ def permutation(state: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
+def split_columns(X: np.ndarray):
+    """The pool (n, d) as the kernel reads it: its ``j`` densest columns as a row-major block
+    (n, multiple of 8, zero-padded) with their column indices, and the other columns as a CSR
+    matrix (zeros left out) whose indices are columns of X.
+
+    ``j`` minimises the cost model of ``COST``: per example, each dense column costs one unit,
+    each non-zero sparse entry ``COST["sparse"]`` units, and a per-row count of sparse entries
+    that varies from row to row ``COST["varying"]`` (the loops over a row's entries then end at
+    unpredictable places). For Adult this picks the 5 numeric columns as dense and leaves the 44
+    one-hot columns sparse, exactly 6 entries in every row."""
+    X = np.asarray(X, dtype=np.float32)
+    nonzero = X != 0
+    order = np.argsort(-nonzero.mean(0), kind="stable")
+    remaining = nonzero.sum(1)  # sparse entries per row when the first j of `order` are dense
+    costs = []
+    for j in range(X.shape[1] + 1):
+        costs.append(j + COST["sparse"] * remaining.mean()
+                     + COST["varying"] * (remaining.min() != remaining.max()))
+        if j < X.shape[1]:
+            remaining = remaining - nonzero[:, order[j]]
+    j = int(np.argmin(costs))
+    dense_cols = np.sort(order[:j]).astype(np.int32)
+    dense = np.zeros((X.shape[0], -(-j // 8) * 8), dtype=np.float32)
+    dense[:, :j] = X[:, dense_cols]
+    sparse_cols = np.sort(order[j:])
+    csr = scipy.sparse.csr_matrix(X[:, sparse_cols])
+    csr.indptr = csr.indptr.astype(np.int64)
+    csr.indices = sparse_cols[csr.indices].astype(np.int32)
+    csr.data = csr.data.astype(np.float32)
+    return dense, dense_cols, csr
+
+
 def _layout(d: int, hidden: int, n_out: int) -> tuple[int, int, int, int]:
     """Widths padded to the kernel's lanes and the parameter count: (HP, CO, P)."""
     hp = -(-hidden // LANES) * LANES
@@ -133,10 +170,7 @@ def train(recipe, X: np.ndarray, n_classes: int, schedules: list, labels: list[n
     b1 (h,), W2 (h, n_out), b2 (n_out,)]. Returns per job the trained parameters in the same
     shapes, the number of epochs and each epoch's mean training loss (epochs,). Jobs run in ``torch.get_num_threads()`` threads, largest first."""
     lib = library()
-    csr = scipy.sparse.csr_matrix(X)
-    indptr = csr.indptr.astype(np.int64)
-    indices = csr.indices.astype(np.int32)
-    values = csr.data.astype(np.float32)
+    dense, dense_cols, csr = split_columns(X)
     d, h = X.shape[1], recipe.hidden[0]
     n_out = 1 if n_classes == 2 else n_classes
     hp, co, P = _layout(d, h, n_out)
@@ -152,10 +186,13 @@ def train(recipe, X: np.ndarray, n_classes: int, schedules: list, labels: list[n
         lab = (2 * lab - 1 if n_out == 1 else lab).astype(np.float32)
         state = pack_state(plan.rng)
         losses = np.empty(recipe.max_epochs, dtype=np.float64)
-        epochs = lib.train_mlp(indptr, indices, values, d, h, n_classes, plan.rows.astype(np.int32),
+        epochs = lib.train_mlp(dense, dense_cols, len(dense_cols), dense.shape[1], csr.indptr, csr.indices,
+                               csr.data, d, h, n_classes, plan.rows.astype(np.int32),
                                plan.visit_weight.astype(np.float32), lab, plan.n, recipe.lr, recipe.alpha,
                                recipe.tol, recipe.n_iter_no_change, recipe.max_epochs, recipe.batch_size,
                                theta, state, losses)
+        if epochs == -2:
+            raise MemoryError("the fused trainer ran out of memory")
         if epochs < 1:
             raise RuntimeError(f"the fused trainer has no variant for hidden={h}, n_classes={n_classes}")
         params = [theta[:d * hp].reshape(d, hp)[:, :h].copy(), theta[d * hp:d * hp + h].copy(),
@@ -169,5 +206,11 @@ def train(recipe, X: np.ndarray, n_classes: int, schedules: list, labels: list[n
         done = {k: one(k) for k in order}
     else:
         with ThreadPoolExecutor(threads) as pool:
-            done = dict(zip(order, pool.map(one, order)))
+            futures = {k: pool.submit(one, k) for k in order}
+            try:
+                done = {k: f.result() for k, f in futures.items()}
+            except BaseException:
+                # On an error or Ctrl-C, drop the jobs not yet started instead of training them all.
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
     return [done[k] for k in range(len(schedules))]

@@ -138,7 +138,15 @@ struct Pcg64 {
     }
 };
 
-struct Pool {  // CSR rows of the pool
+// The pool's columns in two parts. Dense columns (non-zero in many rows) are a row-major block
+// `dense` (n, dense_stride), zero-padded to a multiple of 8 columns, whose column j is input
+// `dense_cols[j]`; they are processed with register-blocked loops (no per-entry index, no
+// read-modify-write of gradient rows). The other columns are CSR rows with zeros left out, which
+// cost nothing where an input is zero (Adult's rarer one-hot columns).
+struct Pool {
+    const float *dense;
+    const int32_t *dense_cols;
+    int32_t n_dense, dense_stride;
     const int64_t *indptr;
     const int32_t *indices;
     const float *values;
@@ -163,6 +171,8 @@ template <int HV, bool SOFTMAX>
 int train(const Pool &pool, int32_t d, int32_t C, const Visits &vis, const Recipe &rc,
           float *theta, Pcg64 &rng, double *losses) {
     constexpr int HP = L * HV, CO = SOFTMAX ? L : 1;
+    constexpr int FB = 4;                     // examples per block of the dense forward pass
+    constexpr int KB = HV == 1 ? 8 : HV == 2 ? 4 : 2;  // dense gradient rows per block (divides 8)
     const int64_t oB1 = (int64_t)d * HP, oW2 = oB1 + HP, oB2 = oW2 + HP * CO, P = oB2 + CO;
     const int64_t n = vis.n;
     const int B = (int)(n < rc.batch_size ? n : rc.batch_size);
@@ -172,7 +182,7 @@ int train(const Pool &pool, int32_t d, int32_t C, const Visits &vis, const Recip
     std::vector<float> m1(P), m2(P), grad(P), wmask(P, 0.0f), W2T(SOFTMAX ? L * HP : 0);
     std::fill(wmask.begin(), wmask.begin() + oB1, 1.0f);
     std::fill(wmask.begin() + oW2, wmask.begin() + oB2, 1.0f);
-    std::vector<float> A((size_t)B * HP), out((size_t)BP * CO), delta((size_t)BP * CO);
+    std::vector<float> A((size_t)(B + FB) * HP), dA((size_t)B * HP), out((size_t)BP * CO), delta((size_t)BP * CO);
     std::vector<float> scale(BP), label(BP), lse(SOFTMAX ? BP : 0), zy(SOFTMAX ? BP : 0);
     std::vector<int32_t> perm(n), row(B);
     const v16i valid = v16i{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15} < C;
@@ -202,17 +212,36 @@ int train(const Pool &pool, int32_t d, int32_t C, const Visits &vis, const Recip
                 for (int c = 0; c < L; ++c)
                     for (int j = 0; j < HP; ++j) W2T[c * HP + j] = W2[j * L + c];
 
-            // Forward: hidden activations, then the output's logits.
+            // Forward: hidden activations, then the output's logits. The dense columns are
+            // taken for FB examples at once, so that each weight row loaded serves FB of them;
+            // their pre-activations go through A, which keeps the accumulators in registers.
             std::fill(out.begin(), out.end(), 0.0f);
+            for (int i0 = 0; i0 < nb; i0 += FB) {
+                v16 acc[FB][HV];
+                const float *x[FB];
+                for (int e = 0; e < FB; ++e) {
+                    x[e] = pool.dense + (int64_t)row[i0 + e < nb ? i0 + e : i0] * pool.dense_stride;
+                    for (int h = 0; h < HV; ++h) acc[e][h] = load(b1 + L * h);
+                }
+                for (int k = 0; k < pool.n_dense; ++k) {
+                    const float *w = W1 + (int64_t)pool.dense_cols[k] * HP;
+                    for (int h = 0; h < HV; ++h) {
+                        const v16 wv = load(w + L * h);
+                        for (int e = 0; e < FB; ++e) acc[e][h] += x[e][k] * wv;
+                    }
+                }
+                for (int e = 0; e < FB; ++e)
+                    for (int h = 0; h < HV; ++h) store(&A[(size_t)(i0 + e) * HP + L * h], acc[e][h]);
+            }
             for (int i = 0; i < nb; ++i) {
+                float *a = &A[(size_t)i * HP];
                 v16 acc[HV];
-                for (int h = 0; h < HV; ++h) acc[h] = load(b1 + L * h);
+                for (int h = 0; h < HV; ++h) acc[h] = load(a + L * h);
                 for (int64_t q = pool.indptr[row[i]]; q < pool.indptr[row[i] + 1]; ++q) {
                     const float f = pool.values[q];
                     const float *w = W1 + (int64_t)pool.indices[q] * HP;
                     for (int h = 0; h < HV; ++h) acc[h] += f * load(w + L * h);
                 }
-                float *a = &A[(size_t)i * HP];
                 for (int h = 0; h < HV; ++h) store(a + L * h, acc[h] > 0 ? acc[h] : v16{});
                 if (SOFTMAX) {
                     v16 z = load(b2);
@@ -286,12 +315,31 @@ int train(const Pool &pool, int32_t d, int32_t C, const Visits &vis, const Recip
                 for (int h = 0; h < HV; ++h) {
                     da[h] = load(a + L * h) > 0 ? da[h] : v16{};
                     db1[h] += da[h];
+                    store(&dA[(size_t)i * HP + L * h], da[h]);
                 }
                 for (int64_t q = pool.indptr[row[i]]; q < pool.indptr[row[i] + 1]; ++q) {
                     const float f = pool.values[q];
                     float *g = gW1 + (int64_t)pool.indices[q] * HP;
                     for (int h = 0; h < HV; ++h) store(g + L * h, load(g + L * h) + f * da[h]);
                 }
+            }
+            // The dense columns' weight gradients, KB rows at a time held in registers over the
+            // whole minibatch.
+            for (int k0 = 0; k0 < pool.n_dense; k0 += KB) {
+                v16 g[KB][HV];
+                for (int j = 0; j < KB; ++j)
+                    for (int h = 0; h < HV; ++h) g[j][h] = v16{};
+                for (int i = 0; i < nb; ++i) {
+                    const float *x = pool.dense + (int64_t)row[i] * pool.dense_stride + k0;
+                    for (int h = 0; h < HV; ++h) {
+                        const v16 d = load(&dA[(size_t)i * HP + L * h]);
+                        for (int j = 0; j < KB; ++j) g[j][h] += x[j] * d;
+                    }
+                }
+                for (int j = 0; j < KB; ++j)  // a constant trip count keeps g in registers
+                    if (k0 + j < pool.n_dense)
+                        for (int h = 0; h < HV; ++h)
+                            store(gW1 + (int64_t)pool.dense_cols[k0 + j] * HP + L * h, g[j][h]);
             }
             for (int h = 0; h < HV; ++h) store(gb1 + L * h, db1[h]);
             if (SOFTMAX) {
@@ -334,13 +382,14 @@ int train(const Pool &pool, int32_t d, int32_t C, const Visits &vis, const Recip
 // Train one job in place on `theta` (layout above); returns the number of epochs run and writes
 // each epoch's mean loss to `losses` (max_epochs,). rng: numpy PCG64 state as
 // {state_hi, state_lo, inc_hi, inc_lo, has_uint32, uinteger}, advanced in place. Returns -1 when
-// no compiled variant fits (hidden width > 64, more than 16 classes).
-extern "C" int train_mlp(const int64_t *indptr, const int32_t *indices, const float *values,
-                         int32_t d, int32_t hidden, int32_t n_classes, const int32_t *rows,
+// no compiled variant fits (hidden width > 64, more than 16 classes), -2 when memory ran out.
+extern "C" int train_mlp(const float *dense, const int32_t *dense_cols, int32_t n_dense,
+                         int32_t dense_stride, const int64_t *indptr, const int32_t *indices,
+                         const float *values, int32_t d, int32_t hidden, int32_t n_classes, const int32_t *rows,
                          const float *weight, const float *label, int64_t n_visits, double lr,
                          double alpha, double tol, int32_t n_iter_no_change, int32_t max_epochs,
                          int32_t batch_size, float *theta, uint64_t *rng_state, double *losses) {
-    Pool pool{indptr, indices, values};
+    Pool pool{dense, dense_cols, n_dense, dense_stride, indptr, indices, values};
     Visits vis{rows, weight, label, n_visits};
     Recipe rc{lr, alpha, tol, n_iter_no_change, max_epochs, batch_size};
     Pcg64 rng{((unsigned __int128)rng_state[0] << 64) | rng_state[1],
@@ -349,13 +398,17 @@ extern "C" int train_mlp(const int64_t *indptr, const int32_t *indices, const fl
     const bool softmax = n_classes > 2;
     const int hv = (hidden + L - 1) / L;
     int epochs = -1;
+    try {  // no C++ exception may cross into Python (std::bad_alloc would abort the process)
 #define VARIANT(H)                                                                              \
     if (hv == H) epochs = softmax ? train<H, true>(pool, d, n_classes, vis, rc, theta, rng, losses) \
                                   : train<H, false>(pool, d, n_classes, vis, rc, theta, rng, losses);
-    if (!softmax || n_classes <= L) {
-        VARIANT(1) VARIANT(2) VARIANT(3) VARIANT(4)
-    }
+        if (!softmax || n_classes <= L) {
+            VARIANT(1) VARIANT(2) VARIANT(3) VARIANT(4)
+        }
 #undef VARIANT
+    } catch (...) {
+        return -2;
+    }
     rng_state[0] = (uint64_t)(rng.state >> 64);
     rng_state[1] = (uint64_t)rng.state;
     rng_state[4] = rng.has32;
