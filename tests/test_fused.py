@@ -41,14 +41,14 @@ def _jobs(n: int, y: np.ndarray, n_classes: int) -> list[TrainJob]:
             TrainJob((np.arange(n) < 60).astype(float), 3)]  # fewer rows than a minibatch
 
 
-@pytest.mark.parametrize("hidden, n_classes", [(10, 2), (40, 2), (10, 3), (16, 5)])
+@pytest.mark.parametrize("hidden, n_classes", [(10, 2), (40, 2), (10, 3), (16, 5), (64, 16)])
 def test_fused_equals_torch_trainer(fused_kernel, synthetic, hidden, n_classes):
     """After 8 epochs the two trainers' parameters agree to 1e-5: same initialisation, same
     minibatch orders, only the floating-point summation order differs. The torch trainer's
     gradients are checked against autograd in test_models.py."""
     X, y = synthetic.train.X, synthetic.train.y
     if n_classes > 2:
-        y = (y + (X[:, 0] > 0) + 2 * (X[:, 1] > 0.5)) % n_classes
+        y = (y + (X[:, 0] > 0) + 2 * (X[:, 1] > 0.5) + 4 * (X[:, 2] > 0)) % n_classes
     jobs = _jobs(len(y), y, n_classes)
     recipe = make("mlp", hidden=(hidden,), max_epochs=8, n_iter_no_change=100)
     ours = recipe.fit_many(X, y, n_classes, jobs)

@@ -27,20 +27,34 @@ inline v16 splat(float x) { return v16{} + x; }
 inline v16 load(const float *p) { v16 v; std::memcpy(&v, p, sizeof v); return v; }
 inline void store(float *p, v16 v) { std::memcpy(p, &v, sizeof v); }
 
+// Lanes exchanged in pairs at distance 8, 4, 2 and 1: the steps of a reduction across lanes.
+// __builtin_shufflevector is clang's and GCC's (12+); older GCCs have __builtin_shuffle.
+#if defined(__clang__) || __GNUC__ >= 12
+#define PERMUTE(v, ...) __builtin_shufflevector(v, v, __VA_ARGS__)
+#else
+#define PERMUTE(v, ...) __builtin_shuffle(v, v16i{__VA_ARGS__})
+#endif
+inline v16 swap8(v16 v) { return PERMUTE(v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7); }
+inline v16 swap4(v16 v) { return PERMUTE(v, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11); }
+inline v16 swap2(v16 v) { return PERMUTE(v, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13); }
+inline v16 swap1(v16 v) { return PERMUTE(v, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14); }
+#undef PERMUTE
+
 inline float hsum(v16 v) {
-    v += __builtin_shuffle(v, v16i{8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7});
-    v += __builtin_shuffle(v, v16i{4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11});
-    v += __builtin_shuffle(v, v16i{2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13});
-    v += __builtin_shuffle(v, v16i{1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14});
+    v += swap8(v);
+    v += swap4(v);
+    v += swap2(v);
+    v += swap1(v);
     return v[0];
 }
 
+inline v16 vmax(v16 a, v16 b) { return a > b ? a : b; }
+
 inline float hmax(v16 v) {
-    auto mx = [](v16 a, v16 b) { return a > b ? a : b; };
-    v = mx(v, __builtin_shuffle(v, v16i{8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7}));
-    v = mx(v, __builtin_shuffle(v, v16i{4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11}));
-    v = mx(v, __builtin_shuffle(v, v16i{2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13}));
-    v = mx(v, __builtin_shuffle(v, v16i{1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14}));
+    v = vmax(v, swap8(v));
+    v = vmax(v, swap4(v));
+    v = vmax(v, swap2(v));
+    v = vmax(v, swap1(v));
     return v[0];
 }
 
