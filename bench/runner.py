@@ -35,9 +35,12 @@ def environment() -> str:
     import sklearn
     import torch
 
+    from bench.models import fused
+
     return json.dumps({"subpop_bench": __version__, "python": sys.version.split()[0],
                        "numpy": np.__version__, "torch": torch.__version__,
-                       "scikit_learn": sklearn.__version__, "platform": platform.platform()},
+                       "scikit_learn": sklearn.__version__, "platform": platform.platform(),
+                       "mlp_fused_kernel": fused.describe()},
                       sort_keys=True)
 
 

@@ -2,6 +2,7 @@
 trainer, sklearn's stopping rule, determinism across threads, and the fallback without a compiler."""
 from __future__ import annotations
 
+import json
 import os
 import platform
 
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 from bench.datasets import load
 from bench.models import PrivateTraining, TrainJob, fused, make
 from bench.models.mlp import _init_params, _Schedule
+from bench.runner import environment
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +118,7 @@ def test_without_a_compiler_the_torch_trainer_is_used(synthetic, monkeypatch, tm
     try:
         with pytest.warns(RuntimeWarning, match="could not be built"):
             auto = make("mlp", hidden=(5,), max_epochs=5).fit(X, y, 2, seed=4)
+        assert json.loads(environment())["mlp_fused_kernel"] == "not built: mlp uses the torch trainer"
     finally:
         fused.library.cache_clear()
     ref = make("mlp", hidden=(5,), max_epochs=5, backend="torch").fit(X, y, 2, seed=4)
@@ -176,3 +179,9 @@ def test_column_split_keeps_one_hot_groups_sparse():
     _, cols, csr = fused.split_columns(X)
     np.testing.assert_array_equal(cols, [0, 1, 2])
     assert (np.diff(csr.indptr) == 2).all()
+
+
+def test_stored_environment_names_the_kernel_build(fused_kernel):
+    """Every stored trial's environment says which kernel build trained its mlp models."""
+    kernel = json.loads(environment())["mlp_fused_kernel"]
+    assert kernel.startswith("fused_mlp-") and "-march=native" in kernel

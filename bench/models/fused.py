@@ -79,12 +79,21 @@ def library() -> ctypes.CDLL | None:
         path = user_cache_dir() / "kernels" / f"fused_mlp-{key.hexdigest()[:16]}.so"
         if not path.exists():
             build(path, compiler)
-        return load_library(path)
+        lib = load_library(path)
     except (OSError, subprocess.CalledProcessError) as err:
         detail = getattr(err, "stderr", "") or err
         warnings.warn(f"the fused CPU trainer could not be built ({detail}); using the torch trainer",
                       RuntimeWarning, stacklevel=2)
         return None
+    lib.build_info = f"{path.stem} ({version.splitlines()[0] if version else compiler}, {' '.join(FLAGS)})"
+    return lib
+
+
+def describe() -> str:
+    """Which build of the kernel trains ``mlp`` models here, for the provenance of stored trials
+    (models differ at floating-point level between the fused and the torch trainer)."""
+    lib = library()
+    return lib.build_info if lib is not None else "not built: mlp uses the torch trainer"
 
 
 def load_library(path: Path) -> ctypes.CDLL:
