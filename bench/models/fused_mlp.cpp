@@ -200,7 +200,10 @@ int train(const Pool &pool, int32_t d, int32_t C, const Visits &vis, const Recip
     std::vector<float> scale(BP), label(BP), lse(SOFTMAX ? BP : 0), zy(SOFTMAX ? BP : 0);
     std::vector<int32_t> perm(n), row(B);
     const v16i valid = v16i{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15} < C;
-    const float b1c = 0.9f, b2c = 0.999f;
+    // Adam's betas in double for the bias correction, and the moment weights 1 - beta rounded to
+    // float from double, as the torch trainer and scikit-learn compute them.
+    const double beta1 = 0.9, beta2 = 0.999;
+    const float move1 = (float)(1.0 - beta1), move2 = (float)(1.0 - beta2);
     double b1t = 1.0, b2t = 1.0, best = INFINITY;
     int stale = 0, epoch = 0;
 
@@ -365,8 +368,8 @@ int train(const Pool &pool, int32_t d, int32_t C, const Visits &vis, const Recip
 
             // L2 penalty and Adam, in place.
             const float decay = (float)(rc.alpha / nb);
-            b1t *= b1c;
-            b2t *= b2c;
+            b1t *= beta1;
+            b2t *= beta2;
             const float neg_lr = (float)(-rc.lr * std::sqrt(1.0 - b2t) / (1.0 - b1t));
             float sq = 0.0f;
             float *__restrict th = theta;
@@ -375,8 +378,8 @@ int train(const Pool &pool, int32_t d, int32_t C, const Visits &vis, const Recip
             for (int64_t p = 0; p < P; ++p) {
                 const float w = th[p], g = gr[p] + decay * wm[p] * w;
                 sq += wm[p] * w * w;
-                g1[p] += (g - g1[p]) * (1.0f - b1c);
-                g2[p] += (g * g - g2[p]) * (1.0f - b2c);
+                g1[p] += (g - g1[p]) * move1;
+                g2[p] += (g * g - g2[p]) * move2;
                 th[p] = w + (g1[p] * neg_lr) / (std::sqrt(g2[p]) + 1e-8f);
             }
             epoch_loss += 0.5 * rc.alpha * sq;
