@@ -4,6 +4,7 @@ Jiang & Chuang 2021, "Confident learning: estimating uncertainty in dataset labe
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,6 +14,12 @@ from bench.models import TrainJob
 from bench.seeding import derive_seed
 from bench.validation import check_integer
 from defenses import DEFENSES, Defense, DefenseInput, Sanitized
+
+# cleanlab's find_label_issues keeps its per-class inputs in module globals when n_jobs=1
+# (cleanlab/filter.py: "global variable for find_label_issues multiprocessing"), so two calls in
+# threads at once (the runner runs a chunk's defenses in threads) read each other's data. Calls
+# are serialised; they are fast next to the cross-validation fits.
+_FIND_LABEL_ISSUES = threading.Lock()
 
 FILTERS = ("prune_by_noise_rate", "prune_by_class", "both", "confident_learning",
            "predicted_neq_given", "low_normalized_margin", "low_self_confidence")
@@ -69,13 +76,14 @@ class Cleanlab(Defense):
         keep = np.ones(len(y), dtype=bool)
         # n_jobs=1: a cleanlab process pool would compete with the runner's own workers.
         def issues(**kwargs):
-            try:
-                return find_label_issues(y, proba, filter_by=self.filter_by, n_jobs=1, **kwargs)
-            except ValueError:
-                # cleanlab 2.9's prune_by_noise_rate can fail on a class whose estimated noise
-                # count exceeds its size (seen on small digits clusters); confident_learning,
-                # the other standard filter, has no such step.
-                return find_label_issues(y, proba, filter_by="confident_learning", n_jobs=1, **kwargs)
+            with _FIND_LABEL_ISSUES:
+                try:
+                    return find_label_issues(y, proba, filter_by=self.filter_by, n_jobs=1, **kwargs)
+                except ValueError:
+                    # cleanlab 2.9's prune_by_noise_rate can fail on a class whose estimated
+                    # noise count exceeds its size (seen on small digits clusters);
+                    # confident_learning, the other standard filter, has no such step.
+                    return find_label_issues(y, proba, filter_by="confident_learning", n_jobs=1, **kwargs)
 
         if data.budget is None:
             keep[issues()] = False

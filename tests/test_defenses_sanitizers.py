@@ -379,6 +379,47 @@ def test_cleanlab_folds_train_in_one_batched_call_and_predict_out_of_fold():
     np.testing.assert_array_equal(np.stack([j.weights for j in again.calls[0]]), W)
 
 
+def test_cleanlab_calls_in_threads_do_not_mix_their_data(monkeypatch):
+    """The runner runs a chunk's defenses in threads, and cleanlab's find_label_issues keeps its
+    inputs in module globals that its per-class pruning then reads. A pause in that pruning
+    makes four concurrent calls interleave there: no call's inputs may be replaced by another's
+    while it runs, and each flags its own flipped labels."""
+    import threading
+    import time
+
+    import cleanlab.filter
+
+    prune, swapped = cleanlab.filter._prune_by_count, []
+
+    def slow_prune(arg):
+        inputs = cleanlab.filter.pred_probs_by_class
+        time.sleep(0.02)
+        swapped.append(cleanlab.filter.pred_probs_by_class is not inputs)
+        return prune(arg)
+
+    monkeypatch.setattr(cleanlab.filter, "_prune_by_count", slow_prune)
+    cases = []
+    for seed in range(4):
+        X, noisy, clean, flipped = blobs_with_flips(seed=seed, n_per_class=60 + 20 * seed, outer=True)
+        # Out-of-fold probabilities of a model that learnt the clean labels.
+        cases.append((data_of(X, noisy, None), np.where(clean[:, None] == np.arange(2), 0.95, 0.05), flipped))
+    by_data = {id(data): proba for data, proba, _ in cases}
+    monkeypatch.setattr(defenses.cleanlab_defense, "out_of_fold_proba", lambda data, folds: by_data[id(data)])
+    found = [None] * len(cases)
+
+    def sanitize(i):
+        found[i] = removed(CleanlabDefense().sanitize(cases[i][0]))
+
+    threads = [threading.Thread(target=sanitize, args=(i,)) for i in range(len(cases))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(swapped) == 2 * len(cases) and not any(swapped)
+    for got, (_, _, flipped) in zip(found, cases):
+        np.testing.assert_array_equal(got, flipped)
+
+
 def test_cleanlab_informed_fills_the_budget_by_self_confidence(monkeypatch):
     from cleanlab.filter import find_label_issues
 
