@@ -166,11 +166,16 @@ def split_columns(X: np.ndarray):
     return dense, dense_cols, csr
 
 
-def _layout(d: int, hidden: int, n_out: int) -> tuple[int, int, int, int]:
-    """Widths padded to the kernel's lanes and the parameter count: (HP, CO, P)."""
+def _new_params(d: int, hidden: int, n_out: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Zeroed flat parameters as the kernel lays them out, widths padded to its lanes (W1 (d, HP)
+    | b1 (HP) | W2 (HP, CO) | b2 (CO)), and views [W1 (d, hidden), b1, W2 (hidden, n_out), b2]
+    of the unpadded parts."""
     hp = -(-hidden // LANES) * LANES
     co = LANES if n_out > 1 else 1
-    return hp, co, d * hp + hp + hp * co + co
+    theta = np.zeros(d * hp + hp + hp * co + co, dtype=np.float32)
+    parts = np.split(theta, np.cumsum([d * hp, hp, hp * co]))
+    return theta, [parts[0].reshape(d, hp)[:, :hidden], parts[1][:hidden],
+                   parts[2].reshape(hp, co)[:hidden, :n_out], parts[3][:n_out]]
 
 
 def train(recipe, X: np.ndarray, n_classes: int, schedules: list, labels: list[np.ndarray],
@@ -178,20 +183,18 @@ def train(recipe, X: np.ndarray, n_classes: int, schedules: list, labels: list[n
     """Train each job: ``schedules[k]`` (a ``_Schedule``: its visits and RNG, advanced past the
     initialisation), ``labels[k]`` (n,) its pool labels, ``init[k]`` its initial [W1 (d, h),
     b1 (h,), W2 (h, n_out), b2 (n_out,)]. Returns per job the trained parameters in the same
-    shapes, the number of epochs and each epoch's mean training loss (epochs,). Jobs run in ``torch.get_num_threads()`` threads, largest first."""
+    shapes, the number of epochs and each epoch's mean training loss (epochs,). Jobs run in
+    ``torch.get_num_threads()`` threads, largest first."""
     lib = library()
     dense, dense_cols, csr = split_columns(X)
     d, h = X.shape[1], recipe.hidden[0]
     n_out = 1 if n_classes == 2 else n_classes
-    hp, co, P = _layout(d, h, n_out)
 
     def one(k: int):
-        plan, (W1, b1, W2, b2) = schedules[k], init[k]
-        theta = np.zeros(P, dtype=np.float32)
-        theta[:d * hp].reshape(d, hp)[:, :h] = W1
-        theta[d * hp:d * hp + h] = b1
-        theta[d * hp + hp:d * hp + hp + hp * co].reshape(hp, co)[:h, :n_out] = W2
-        theta[P - co:P - co + n_out] = b2
+        plan = schedules[k]
+        theta, views = _new_params(d, h, n_out)
+        for view, start in zip(views, init[k]):
+            view[...] = start
         lab = labels[k][plan.rows]
         lab = (2 * lab - 1 if n_out == 1 else lab).astype(np.float32)
         state = pack_state(plan.rng)
@@ -205,10 +208,7 @@ def train(recipe, X: np.ndarray, n_classes: int, schedules: list, labels: list[n
             raise MemoryError("the fused trainer ran out of memory")
         if epochs < 1:
             raise RuntimeError(f"the fused trainer has no variant for hidden={h}, n_classes={n_classes}")
-        params = [theta[:d * hp].reshape(d, hp)[:, :h].copy(), theta[d * hp:d * hp + h].copy(),
-                  theta[d * hp + hp:d * hp + hp + hp * co].reshape(hp, co)[:h, :n_out].copy(),
-                  theta[P - co:P - co + n_out].copy()]
-        return params, int(epochs), losses[:epochs]
+        return [view.copy() for view in views], int(epochs), losses[:epochs]
 
     order = sorted(range(len(schedules)), key=lambda k: -schedules[k].n)
     threads = max(1, min(torch.get_num_threads(), len(order)))

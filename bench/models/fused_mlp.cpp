@@ -4,16 +4,15 @@
 //
 // Why a kernel of its own: for a 49-input, 10-unit network the batched torch trainer spends most
 // of a step dispatching small kernels and streaming every job's activations through memory. Here
-// one job's parameters, Adam moments and activations (a few KB) stay in L1 for its whole
-// training, the minibatch rows are read straight from the pool (no gather copy), and the pool is
-// compressed (CSR) so that one-hot columns cost nothing when they are zero.
+// one job's parameters, Adam moments and activations (tens of KB) stay in L1 and L2 for its whole
+// training, the minibatch rows are read straight from the pool (no gather copy), and the pool's
+// columns are split (see Pool) so that one-hot columns cost nothing where they are zero.
 //
 // Vectors are GCC vector extensions of 16 floats, so the same source compiles to AVX-512, AVX2 or
 // SSE. Lanes run over hidden units (the hidden layer) and over classes (a softmax output).
 // Reductions across lanes use a fixed pairwise order, so results do not depend on the ISA.
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -109,6 +108,18 @@ struct Pcg64 {
     unsigned __int128 state, inc;
     bool has32;
     uint32_t u32;
+
+    // The state as six words {state_hi, state_lo, inc_hi, inc_lo, has_uint32, uinteger}.
+    static Pcg64 from_words(const uint64_t *w) {
+        return Pcg64{((unsigned __int128)w[0] << 64) | w[1], ((unsigned __int128)w[2] << 64) | w[3],
+                     w[4] != 0, (uint32_t)w[5]};
+    }
+    void to_words(uint64_t *w) const {
+        w[0] = (uint64_t)(state >> 64);
+        w[1] = (uint64_t)state;
+        w[4] = has32;
+        w[5] = u32;
+    }
 
     uint64_t next64() {
         const unsigned __int128 mult =
@@ -407,8 +418,8 @@ int train(const Pool &pool, int32_t d, int32_t C, const Visits &vis, const Recip
 }  // namespace
 
 // Train one job in place on `theta` (layout above); returns the number of epochs run and writes
-// each epoch's mean loss to `losses` (max_epochs,). rng: numpy PCG64 state as
-// {state_hi, state_lo, inc_hi, inc_lo, has_uint32, uinteger}, advanced in place. Returns -1 when
+// each epoch's mean loss to `losses` (max_epochs,). rng_state: numpy's PCG64 state as six words
+// (Pcg64::from_words), advanced in place. Returns -1 when
 // no compiled variant fits (hidden width > 64, more than 16 classes), -2 when memory ran out.
 extern "C" int train_mlp(const float *dense, const int32_t *dense_cols, int32_t n_dense,
                          int32_t dense_stride, const int64_t *indptr, const int32_t *indices,
@@ -419,9 +430,7 @@ extern "C" int train_mlp(const float *dense, const int32_t *dense_cols, int32_t 
     Pool pool{dense, dense_cols, n_dense, dense_stride, indptr, indices, values};
     Visits vis{rows, weight, label, n_visits};
     Recipe rc{lr, alpha, tol, n_iter_no_change, max_epochs, batch_size};
-    Pcg64 rng{((unsigned __int128)rng_state[0] << 64) | rng_state[1],
-              ((unsigned __int128)rng_state[2] << 64) | rng_state[3], rng_state[4] != 0,
-              (uint32_t)rng_state[5]};
+    Pcg64 rng = Pcg64::from_words(rng_state);
     const bool softmax = n_classes > 2;
     const int hv = (hidden + L - 1) / L;
     int epochs = -1;
@@ -436,21 +445,13 @@ extern "C" int train_mlp(const float *dense, const int32_t *dense_cols, int32_t 
     } catch (...) {
         return -2;
     }
-    rng_state[0] = (uint64_t)(rng.state >> 64);
-    rng_state[1] = (uint64_t)rng.state;
-    rng_state[4] = rng.has32;
-    rng_state[5] = rng.u32;
+    rng.to_words(rng_state);
     return epochs;
 }
 
 // The first n entries of numpy's Generator.permutation(n) from the given PCG64 state (for tests).
 extern "C" void permutation(uint64_t *rng_state, int32_t *out, int64_t n) {
-    Pcg64 rng{((unsigned __int128)rng_state[0] << 64) | rng_state[1],
-              ((unsigned __int128)rng_state[2] << 64) | rng_state[3], rng_state[4] != 0,
-              (uint32_t)rng_state[5]};
+    Pcg64 rng = Pcg64::from_words(rng_state);
     rng.permutation(out, n);
-    rng_state[0] = (uint64_t)(rng.state >> 64);
-    rng_state[1] = (uint64_t)rng.state;
-    rng_state[4] = rng.has32;
-    rng_state[5] = rng.u32;
+    rng.to_words(rng_state);
 }
