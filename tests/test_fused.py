@@ -3,7 +3,6 @@ trainer, sklearn's stopping rule, determinism across threads, and the fallback w
 from __future__ import annotations
 
 import json
-import os
 import platform
 
 import numpy as np
@@ -125,6 +124,22 @@ def test_without_a_compiler_the_torch_trainer_is_used(synthetic, monkeypatch, tm
     assert all(np.array_equal(p, q) for p, q in zip(auto.weights, ref.weights))
 
 
+def test_compiler_command_with_arguments_and_a_damaged_cache_entry(fused_kernel, monkeypatch, tmp_path):
+    """$CXX is split as a shell would ("env c++" runs c++), and a cached library that does not
+    load (here: junk where the build should be) is built again instead of disabling the kernel."""
+    monkeypatch.setenv("CXX", "env " + " ".join(fused.compiler()))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    cached, _ = fused.cache_path(fused.compiler())
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"not a shared library")
+    fused.library.cache_clear()
+    try:
+        assert fused.library() is not None
+    finally:
+        fused.library.cache_clear()
+    assert cached.read_bytes()[:4] == b"\x7fELF"
+
+
 def test_bad_backend_is_rejected():
     with pytest.raises(ValueError, match="backend must be 'auto' or 'torch'"):
         make("mlp", backend="gpu")
@@ -141,7 +156,7 @@ def test_models_do_not_depend_on_the_vector_isa(fused_kernel, synthetic, tmp_pat
     recipe = make("mlp", hidden=(20,), max_epochs=30)
     native = [recipe.fit_many(X, y, 2, _jobs(len(y), y, 2)), recipe.fit_many(X, y3, 3, _jobs(len(y), y3, 3))]
     path = tmp_path / "avx2.so"
-    fused.build(path, os.environ.get("CXX", "c++"),
+    fused.build(path, fused.compiler(),
                 tuple("-march=x86-64-v3" if f == "-march=native" else f for f in fused.FLAGS))
     avx2 = fused.load_library(path)
     monkeypatch.setattr(fused, "library", lambda: avx2)

@@ -18,6 +18,7 @@ import functools
 import hashlib
 import os
 import platform
+import shlex
 import subprocess
 import tempfile
 import warnings
@@ -54,38 +55,51 @@ def _cpu_flags() -> str:
     return platform.processor()
 
 
-def build(path: Path, compiler: str, flags: tuple[str, ...] = FLAGS) -> None:
-    """Compile ``fused_mlp.cpp`` into the shared library ``path``."""
+def compiler() -> list[str]:
+    """The C++ compiler command: ``$CXX`` split as a shell would (``ccache g++`` works), else c++."""
+    return shlex.split(os.environ.get("CXX", "")) or ["c++"]
+
+
+def build(path: Path, command: list[str], flags: tuple[str, ...] = FLAGS) -> None:
+    """Compile ``fused_mlp.cpp`` with the compiler ``command`` into the shared library ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     # Compiled to a private name and renamed, so that processes starting together never load a
     # half-written library.
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
     os.close(fd)
     try:
-        subprocess.run([compiler, *flags, "-o", tmp, str(SOURCE)], check=True, capture_output=True, text=True)
+        subprocess.run([*command, *flags, "-o", tmp, str(SOURCE)], check=True, capture_output=True, text=True)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
+def cache_path(command: list[str]) -> tuple[Path, str]:
+    """Where the build of this source by this compiler for this CPU is cached, and the compiler's
+    ``--version`` text."""
+    version = subprocess.run([*command, "--version"], check=True, capture_output=True, text=True).stdout
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), version, *FLAGS, _cpu_flags()]).encode())
+    return user_cache_dir() / "kernels" / f"fused_mlp-{key.hexdigest()[:16]}.so", version
+
+
 @functools.cache
 def library() -> ctypes.CDLL | None:
     """The compiled kernel, or None (with a warning) when it cannot be built here."""
-    compiler = os.environ.get("CXX", "c++")
+    command = compiler()
     try:
-        version = subprocess.run([compiler, "--version"], check=True, capture_output=True, text=True).stdout
-        key = hashlib.sha256("\0".join([SOURCE.read_text(), version, *FLAGS, _cpu_flags()]).encode())
-        path = user_cache_dir() / "kernels" / f"fused_mlp-{key.hexdigest()[:16]}.so"
-        if not path.exists():
-            build(path, compiler)
-        lib = load_library(path)
-    except (OSError, subprocess.CalledProcessError) as err:
+        path, version = cache_path(command)
+        try:
+            lib = load_library(path)
+        except OSError:  # not built yet, or a damaged cache entry: (re)build it
+            build(path, command)
+            lib = load_library(path)
+    except (OSError, ValueError, subprocess.CalledProcessError) as err:
         detail = getattr(err, "stderr", "") or err
         warnings.warn(f"the fused CPU trainer could not be built ({detail}); using the torch trainer",
                       RuntimeWarning, stacklevel=2)
         return None
-    lib.build_info = f"{path.stem} ({version.splitlines()[0] if version else compiler}, {' '.join(FLAGS)})"
+    lib.build_info = f"{path.stem} ({version.splitlines()[0] if version else command[0]}, {' '.join(FLAGS)})"
     return lib
 
 
