@@ -109,13 +109,15 @@ def test_unsupported_jobs_use_the_torch_trainer(fused_kernel, synthetic):
         assert all(np.array_equal(p, q) for p, q in zip(auto.weights, ref.weights))
 
 
-def test_without_a_compiler_the_torch_trainer_is_used(synthetic, monkeypatch, tmp_path):
+@pytest.mark.parametrize("cxx, reason", [("no-such-compiler", "No such file"),
+                                         ('"unbalanced', "is not a command line")])
+def test_without_a_compiler_the_torch_trainer_is_used(synthetic, monkeypatch, tmp_path, cxx, reason):
     X, y = synthetic.train.X, synthetic.train.y
-    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("CXX", cxx if cxx.startswith('"') else str(tmp_path / cxx))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     fused.library.cache_clear()
     try:
-        with pytest.warns(RuntimeWarning, match="could not be built"):
+        with pytest.warns(RuntimeWarning, match=f"could not be built .*{reason}"):
             auto = make("mlp", hidden=(5,), max_epochs=5).fit(X, y, 2, seed=4)
         assert json.loads(environment())["mlp_fused_kernel"] == "not built: mlp uses the torch trainer"
     finally:

@@ -57,7 +57,11 @@ def _cpu_flags() -> str:
 
 def compiler() -> list[str]:
     """The C++ compiler command: ``$CXX`` split as a shell would (``ccache g++`` works), else c++."""
-    return shlex.split(os.environ.get("CXX", "")) or ["c++"]
+    raw = os.environ.get("CXX", "")
+    try:
+        return shlex.split(raw) or ["c++"]
+    except ValueError as err:
+        raise ValueError(f"$CXX={raw!r} is not a command line: {err}") from None
 
 
 def build(path: Path, command: list[str], flags: tuple[str, ...] = FLAGS) -> None:
@@ -86,8 +90,8 @@ def cache_path(command: list[str]) -> tuple[Path, str]:
 @functools.cache
 def library() -> ctypes.CDLL | None:
     """The compiled kernel, or None (with a warning) when it cannot be built here."""
-    command = compiler()
     try:
+        command = compiler()
         path, version = cache_path(command)
         try:
             lib = load_library(path)
